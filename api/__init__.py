@@ -1,0 +1,1 @@
+"""mlgate prediction API (FastAPI, served by gunicorn with uvicorn workers)."""

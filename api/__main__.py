@@ -1,0 +1,74 @@
+"""Launcher: ``python -m api``.
+
+Validates the settings and the model, then replaces itself with gunicorn
+(``api/gunicorn_conf.py``, app ``api.main:app``). On any problem it prints one line,
+``mlgate-api: refusing to start: <reason>``, to stderr and exits 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ROOT = PACKAGE_DIR.parent
+GUNICORN_CONF = PACKAGE_DIR / "gunicorn_conf.py"
+APP = "api.main:app"
+
+
+def refuse(reason: str) -> int:
+    reason = " ".join(str(reason).split())  # exactly one line
+    print(f"mlgate-api: refusing to start: {reason}", file=sys.stderr, flush=True)
+    return 2
+
+
+def gunicorn_argv() -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), APP]
+
+
+def main() -> int:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from api.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        return refuse(f"invalid setting: {exc}")
+    try:
+        from model.predictor import ModelError, load_predictor
+    except ImportError as exc:
+        return refuse(f"cannot import the model runtime: {exc}")
+    try:
+        predictor = load_predictor(settings.model_dir)
+    except ModelError as exc:
+        return refuse(str(exc))
+    multiproc = settings.multiproc_dir or settings.default_multiproc_dir()
+    try:
+        multiproc.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = multiproc / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return refuse(f"metrics directory {multiproc} is not writable: {exc.strerror or exc}")
+    try:
+        import gunicorn  # noqa: F401
+        import uvicorn_worker  # noqa: F401
+    except ImportError as exc:
+        return refuse(f"cannot import the server: {exc}")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
+    print(
+        f"mlgate-api: starting variant {settings.variant}, model {predictor.version}, "
+        f"{settings.workers} workers on {settings.bind}",
+        file=sys.stderr,
+        flush=True,
+    )
+    os.chdir(ROOT)
+    argv = gunicorn_argv()
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""All API settings, read once from the environment (the one place settings live).
+
+| variable                   | default                               |
+|----------------------------|---------------------------------------|
+| MLGATE_VARIANT             | v1 (v1 = standard, v2 = debug)        |
+| MLGATE_MODEL_DIR           | model/artifacts beside the package    |
+| MLGATE_BIND                | 127.0.0.1:8000                        |
+| MLGATE_WORKERS             | 2                                     |
+| MLGATE_MAX_CHARS           | 5000                                  |
+| MLGATE_MAX_BODY_BYTES      | 65536                                 |
+| MLGATE_MAX_REQUESTS        | 100000 (worker recycled after; 0 = never), jitter 10% |
+| MLGATE_AUDIT_DIR           | logs/ beside the package              |
+| MLGATE_AUDIT_MAX_BYTES     | 10485760 (10 MiB)                     |
+| MLGATE_AUDIT_BACKUPS       | 5                                     |
+| MLGATE_LOG_TEXT            | 0                                     |
+| MLGATE_REPLICA             | socket.gethostname()                  |
+| MLGATE_ACCESS_LOG          | 0                                     |
+| PROMETHEUS_MULTIPROC_DIR   | <tmp>/mlgate-metrics-<uid>-<port>     |
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = ("v1", "v2")
+_BIND_RE = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):(?P<port>\d{1,5})$")
+
+
+class SettingsError(ValueError):
+    """An environment variable has an invalid value; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    variant: str = "v1"
+    model_dir: Path = ROOT / "model" / "artifacts"
+    bind: str = "127.0.0.1:8000"
+    workers: int = 2
+    max_chars: int = 5000
+    max_body_bytes: int = 64 * 1024
+    max_requests: int = 100_000
+    audit_dir: Path = ROOT / "logs"
+    audit_max_bytes: int = 10 * 1024 * 1024
+    audit_backups: int = 5
+    log_text: bool = False
+    replica: str = ""
+    access_log: bool = False
+    multiproc_dir: Path | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.bind.rsplit(":", 1)[1])
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables; raise SettingsError on a bad value."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value is not None and value.strip() != "" else None
+
+        def integer(name: str, default: int, lo: int, hi: int) -> int:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not an integer") from None
+            if not lo <= value <= hi:
+                raise SettingsError(f"{name}={value} is out of range [{lo}, {hi}]")
+            return value
+
+        def flag(name: str) -> bool:
+            raw = get(name)
+            if raw is None:
+                return False
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise SettingsError(f"{name}={raw!r} must be 0 or 1")
+
+        variant = (get("MLGATE_VARIANT") or "v1").lower()
+        if variant not in VARIANTS:
+            raise SettingsError(f"MLGATE_VARIANT={variant!r} must be one of {', '.join(VARIANTS)}")
+        bind = get("MLGATE_BIND") or cls.bind
+        m = _BIND_RE.match(bind)
+        if not m or not 1 <= int(m["port"]) <= 65535:
+            raise SettingsError(f"MLGATE_BIND={bind!r} must be HOST:PORT with PORT in 1..65535")
+        replica = get("MLGATE_REPLICA") or socket.gethostname()
+        if len(replica) > 253 or not replica.isprintable():
+            raise SettingsError("MLGATE_REPLICA must be a printable name of at most 253 chars")
+        model_dir = Path(get("MLGATE_MODEL_DIR") or cls.model_dir)
+        audit_dir = Path(get("MLGATE_AUDIT_DIR") or cls.audit_dir)
+        multiproc = get("PROMETHEUS_MULTIPROC_DIR")
+        return cls(
+            variant=variant,
+            model_dir=model_dir,
+            bind=bind,
+            workers=integer("MLGATE_WORKERS", cls.workers, 1, 64),
+            max_chars=integer("MLGATE_MAX_CHARS", cls.max_chars, 1, 1_000_000),
+            max_body_bytes=integer("MLGATE_MAX_BODY_BYTES", cls.max_body_bytes, 1024, 16 << 20),
+            max_requests=integer("MLGATE_MAX_REQUESTS", cls.max_requests, 0, 1 << 40),
+            audit_dir=audit_dir,
+            audit_max_bytes=integer("MLGATE_AUDIT_MAX_BYTES", cls.audit_max_bytes, 1024, 1 << 40),
+            audit_backups=integer("MLGATE_AUDIT_BACKUPS", cls.audit_backups, 0, 1000),
+            log_text=flag("MLGATE_LOG_TEXT"),
+            replica=replica,
+            access_log=flag("MLGATE_ACCESS_LOG"),
+            multiproc_dir=Path(multiproc) if multiproc else None,
+        )
+
+    def default_multiproc_dir(self) -> Path:
+        """Per-user, per-port metrics directory used when PROMETHEUS_MULTIPROC_DIR is unset."""
+        uid = os.getuid() if hasattr(os, "getuid") else 0
+        return Path(tempfile.gettempdir()) / f"mlgate-metrics-{uid}-{self.port}"

@@ -1,0 +1,271 @@
+"""Train the emotion classifier and write ``model.joblib`` + ``model_card.json``.
+
+Usage: ``python -m model.train [--data PATH] [--out DIR] [--if-stale] [--revision TEXT]``
+
+The model version is the first 12 hex digits of a sha256 over the dataset bytes, the
+training code, the parameters, the scikit-learn version and ``--revision``: the same
+inputs always give the same version, and ``--revision`` forces a new one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from model.dataset import Dataset, DatasetError, load_dataset
+from model.predictor import CARD_FILENAME, MODEL_FILENAME, PAYLOAD_FORMAT, current_sklearn_version
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_OUT_DIR = PACKAGE_DIR / "artifacts"
+SEED = 42
+TEST_SIZE = 0.2
+
+# The reference pipeline. Changing anything here changes the model version.
+PARAMS: dict[str, Any] = {
+    "tfidf": {"ngram_range": [1, 2], "max_features": 10000, "stop_words": "english"},
+    "logreg": {"C": 1.0, "max_iter": 1000, "solver": "lbfgs"},
+    "split": {"test_size": TEST_SIZE, "random_state": SEED, "stratify": True},
+}
+
+# Files whose content defines "the training code" for the version hash.
+CODE_FILES = (PACKAGE_DIR / "train.py", PACKAGE_DIR / "dataset.py")
+
+Progress = Callable[[str], None]
+
+
+def code_sha256(files: Sequence[Path] = CODE_FILES) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def compute_version(
+    data_sha256: str,
+    code_digest: str,
+    params: dict[str, Any],
+    sklearn_version: str,
+    revision: str = "",
+) -> str:
+    """Deterministic model version: 12 hex chars of sha256 over all training inputs."""
+    blob = json.dumps(
+        {
+            "data": data_sha256,
+            "code": code_digest,
+            "params": params,
+            "sklearn": sklearn_version,
+            "revision": revision,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def build_pipeline(params: dict[str, Any] = PARAMS) -> Any:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    tfidf = dict(params["tfidf"])
+    tfidf["ngram_range"] = tuple(tfidf["ngram_range"])
+    return Pipeline(
+        [
+            ("tfidf", TfidfVectorizer(**tfidf)),
+            ("clf", LogisticRegression(random_state=SEED, **params["logreg"])),
+        ]
+    )
+
+
+def split(
+    texts: Sequence[str], labels: Sequence[str], params: dict[str, Any] = PARAMS
+) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Stratified held-out split (seed 42): x_train, x_test, y_train, y_test."""
+    from sklearn.model_selection import train_test_split
+
+    sp = params["split"]
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        list(texts),
+        list(labels),
+        test_size=sp["test_size"],
+        random_state=sp["random_state"],
+        stratify=list(labels) if sp["stratify"] else None,
+    )
+    return x_tr, x_te, y_tr, y_te
+
+
+class _Heartbeat:
+    """Prints 'still <doing>' every few seconds while a long step runs."""
+
+    def __init__(self, progress: Progress, what: str, every: float = 5.0) -> None:
+        self.progress, self.what, self.every = progress, what, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self._stop.wait(self.every):
+            self.progress(f"  ... still {self.what} ({time.monotonic() - start:.0f}s)")
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def train(
+    dataset: Dataset,
+    params: dict[str, Any] = PARAMS,
+    revision: str = "",
+    progress: Progress = lambda msg: None,
+) -> tuple[Any, dict[str, Any]]:
+    """Fit the reference pipeline, evaluate it on the held-out split, return (pipeline, card)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    t0 = time.monotonic()
+    sk = current_sklearn_version()
+    version = compute_version(dataset.sha256, code_sha256(), params, sk, revision)
+    x_tr, x_te, y_tr, y_te = split(dataset.texts, dataset.labels, params)
+    progress(f"split: {len(x_tr)} train / {len(x_te)} held-out rows (stratified, seed {SEED})")
+
+    # The shipped model is the one fitted on the train split, so the card's held-out
+    # metrics describe exactly the artifact that is served.
+    pipeline = build_pipeline(params)
+    progress("fitting TF-IDF + LogisticRegression on the train split ...")
+    with _Heartbeat(progress, "fitting"):
+        pipeline.fit(x_tr, y_tr)
+    y_pred = pipeline.predict(x_te)
+    accuracy = float(accuracy_score(y_te, y_pred))
+    macro_f1 = float(f1_score(y_te, y_pred, average="macro"))
+    progress(f"held-out accuracy {accuracy:.4f}, macro-F1 {macro_f1:.4f}")
+
+    seconds = time.monotonic() - t0
+    card: dict[str, Any] = {
+        "name": "mlgate-tweet-emotions",
+        "version": version,
+        "revision": revision,
+        "pipeline": "TfidfVectorizer + LogisticRegression",
+        "params": params,
+        "sklearn_version": sk,
+        "python_version": platform.python_version(),
+        "classes": [str(c) for c in pipeline.classes_],
+        "rows": {
+            "read": dataset.rows_read,
+            "dropped_empty": dataset.rows_dropped,
+            "used": dataset.rows_used,
+            "train": len(x_tr),
+            "held_out": len(x_te),
+        },
+        "label_counts": dict(sorted(Counter(dataset.labels).items())),
+        "metrics": {
+            "held_out_accuracy": round(accuracy, 6),
+            "held_out_macro_f1": round(macro_f1, 6),
+            "split": f"stratified {int(TEST_SIZE * 100)}% held out, seed {SEED}",
+        },
+        "data": {"file": dataset.path.name, "sha256": dataset.sha256},
+        "code_sha256": code_sha256(),
+        "training_seconds": round(seconds, 2),
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return pipeline, card
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_artifacts(out_dir: Path, pipeline: Any, card: dict[str, Any]) -> None:
+    """Write model.joblib then model_card.json, each atomically (rename into place)."""
+    import joblib
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": PAYLOAD_FORMAT,
+        "version": card["version"],
+        "sklearn_version": card["sklearn_version"],
+        "classes": card["classes"],
+        "pipeline": pipeline,
+    }
+    _atomic_write(out_dir / MODEL_FILENAME, lambda p: joblib.dump(payload, p, compress=3))
+    text = json.dumps(card, indent=2, sort_keys=True) + "\n"
+    _atomic_write(out_dir / CARD_FILENAME, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def existing_version(out_dir: Path) -> str | None:
+    """Version recorded in out_dir's card if both artifact files exist, else None."""
+    if not (out_dir / MODEL_FILENAME).is_file():
+        return None
+    try:
+        card = json.loads((out_dir / CARD_FILENAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return card.get("version") if isinstance(card, dict) else None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split("\n")[0])
+    p.add_argument("--data", help="dataset CSV (default: $MLGATE_DATASET, then data/, shared/)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="output directory")
+    p.add_argument("--if-stale", action="store_true", help="train only if inputs changed")
+    p.add_argument("--revision", default="", help="extra text hashed into the model version")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.monotonic()
+
+    def progress(msg: str) -> None:
+        print(f"[{time.monotonic() - t0:6.1f}s] {msg}", flush=True)
+
+    try:
+        dataset = load_dataset(args.data)
+    except DatasetError as exc:
+        print(f"model.train: {exc}", file=sys.stderr)
+        return 2
+    out_dir: Path = args.out.resolve()
+    version = compute_version(
+        dataset.sha256, code_sha256(), PARAMS, current_sklearn_version(), args.revision
+    )
+    if args.if_stale and existing_version(out_dir) == version:
+        print(f"model up to date: version {version} in {out_dir}")
+        return 0
+    progress(
+        f"dataset {dataset.path}: {dataset.rows_read} rows read, {dataset.rows_dropped} "
+        f"empty dropped, {len(set(dataset.labels))} labels"
+    )
+    pipeline, card = train(dataset, PARAMS, args.revision, progress)
+    save_artifacts(out_dir, pipeline, card)
+    m = card["metrics"]
+    progress(f"wrote {out_dir / MODEL_FILENAME} and {CARD_FILENAME}")
+    print(
+        f"model version {version}: accuracy {m['held_out_accuracy']:.4f}, "
+        f"macro-F1 {m['held_out_macro_f1']:.4f}, trained in {card['training_seconds']}s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
