@@ -13,7 +13,7 @@ Design (several gunicorn workers share one directory and one file ``predictions.
   limit on its next write and reopens the new file, so no line is lost, at most a few
   land in ``.1``;
 * any OSError (directory missing or not writable, disk full, ...) is swallowed: it is
-  counted, reported once on stderr, and opening is retried at most every 30 s.
+  counted, logged once (JSON on stdout under gunicorn), and opening is retried at most every 30 s.
   Logging never fails a prediction.
 """
 
@@ -22,14 +22,14 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 FILENAME = "predictions.jsonl"
-RETRY_SECONDS = 30.0
+RETRY_SECONDS = 30
 
 
 class AuditLog:
@@ -163,17 +163,8 @@ class AuditLog:
         self.errors += 1
         if not self._warned:
             self._warned = True
-            print(
-                json.dumps(
-                    {
-                        "level": "warning",
-                        "logger": "mlgate.audit",
-                        "message": f"audit log disabled for now: {exc}",
-                        "pid": os.getpid(),
-                    }
-                ),
-                file=sys.stderr,
-                flush=True,
+            logging.getLogger("mlgate.audit").warning(
+                "audit log disabled for now (retried every %ds): %s", RETRY_SECONDS, exc
             )
 
 
