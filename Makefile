@@ -9,9 +9,15 @@ PYTEST := $(VENV)/bin/pytest
 RUFF   := $(VENV)/bin/ruff
 STAMP  := $(VENV)/.requirements.stamp
 REQS   := $(wildcard requirements/*.txt)
-PY_SRC := api model bench tests/unit
+PY_SRC := api model bench tests/unit tests/e2e
+ANSIBLE_PLAYBOOK := $(VENV)/bin/ansible-playbook
+# Extra ansible-playbook arguments, e.g. make start-project ARGS="-e mlgate_https_port=8443"
+ARGS ?=
+# Stack that status/logs/stop-project act on (mlgate_stack_name).
+STACK ?= mlgate
 
-.PHONY: help venv model retrain unit lint bench-api test
+.PHONY: help venv collections model retrain unit e2e lint bench-api test \
+        start-project stop-project status logs clean docker
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) \
@@ -40,4 +46,31 @@ lint: $(STAMP) ## ruff (lint + format check)
 bench-api: model ## predict latency and req/s: ours (gunicorn) vs the exam-style reference
 	$(PY) -m bench.api
 
-test: lint unit ## everything CI runs
+collections: $(STAMP) ## install the pinned Ansible collections (none when the ansible package has them)
+	$(VENV)/bin/ansible-galaxy collection install -r requirements.yml -p .ansible/collections >/dev/null
+
+docker: ## make sure a Docker engine runs here (installs docker.io, starts dockerd)
+	scripts/ensure-docker.sh
+
+start-project: venv collections ## deploy the whole stack with playbooks/site.yml (ARGS=... for extra options)
+	$(ANSIBLE_PLAYBOOK) playbooks/site.yml $(ARGS)
+
+stop-project: venv ## remove the stack's containers and network (keeps certs, credentials, model)
+	$(ANSIBLE_PLAYBOOK) playbooks/teardown.yml $(ARGS)
+
+status: ## containers of the stack, their health and published ports
+	@docker ps -a --filter label=io.mlgate.stack=$(STACK) \
+	  --format 'table {{.Names}}\t{{.Status}}\t{{.Image}}\t{{.Ports}}'
+
+logs: ## last log lines of every container of the stack (LINES=50)
+	@for c in $$(docker ps -a --filter label=io.mlgate.stack=$(STACK) --format '{{.Names}}' | sort); do \
+	  echo "==> $$c <=="; docker logs --tail $${LINES:-50} $$c 2>&1; done
+
+clean: venv ## stop-project, then also remove volumes, certs, credentials, target files and the model
+	$(ANSIBLE_PLAYBOOK) playbooks/teardown.yml -e mlgate_teardown_purge=true $(ARGS)
+	rm -rf model/artifacts
+
+e2e: venv collections ## end-to-end tests: deploy a throwaway stack (mlgate-e2e), test it, remove it
+	$(PYTEST) tests/e2e
+
+test: lint unit e2e ## everything CI runs

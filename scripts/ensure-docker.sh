@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Make sure a Docker engine answers on this machine: install Debian's docker.io when the
+# docker command is missing, start the engine (systemd when present, else dockerd in the
+# background) and wait for `docker info`. Used by .ci/run and `make docker`.
+set -euo pipefail
+
+log=${MLGATE_DOCKERD_LOG:-/var/log/mlgate-dockerd.log}
+sudo_cmd=()
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+
+if ! command -v docker >/dev/null 2>&1; then
+  echo "ensure-docker: installing docker.io"
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq docker.io >/dev/null
+fi
+
+if docker info >/dev/null 2>&1; then
+  exit 0
+fi
+
+if [ -d /run/systemd/system ]; then
+  "${sudo_cmd[@]}" systemctl start docker
+else
+  echo "ensure-docker: starting dockerd in the background (log: $log)"
+  "${sudo_cmd[@]}" sh -c "nohup dockerd >>'$log' 2>&1 </dev/null &"
+fi
+
+for _ in $(seq 60); do
+  docker info >/dev/null 2>&1 && { echo "ensure-docker: engine ready"; exit 0; }
+  sleep 1
+done
+echo "ensure-docker: the Docker engine did not answer within 60 s; see $log" >&2
+exit 1
