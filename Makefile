@@ -39,9 +39,12 @@ retrain: $(STAMP) ## train a new model version even if nothing changed (rolling 
 unit: $(STAMP) ## Python unit tests (includes the real-dataset fast-path test)
 	$(PYTEST) tests/unit
 
-lint: $(STAMP) ## ruff (lint + format check)
-	$(RUFF) check $(PY_SRC)
-	$(RUFF) format --check $(PY_SRC)
+lint: $(STAMP) ## ruff, yamllint, ansible-lint (production profile), argument_specs vs defaults
+	$(RUFF) check $(PY_SRC) scripts
+	$(RUFF) format --check $(PY_SRC) scripts
+	$(VENV)/bin/yamllint --strict .
+	$(VENV)/bin/ansible-lint --nocolor -q
+	$(PY) scripts/check_argument_specs.py
 
 bench-api: model ## predict latency and req/s: ours (gunicorn) vs the exam-style reference
 	$(PY) -m bench.api

@@ -4,6 +4,7 @@ The stack uses its own name, subnet and ports (tests/e2e/stack.yml), so a user's
 on the same host is never touched. Environment knobs for development:
   MLGATE_E2E_REUSE=1  reuse a stack deployed earlier (skip the deploy runs)
   MLGATE_E2E_KEEP=1   leave the stack running afterwards
+  MLGATE_E2E_VARS=f   use another extra-vars file instead of tests/e2e/stack.yml
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-STACK_VARS = ROOT / "tests" / "e2e" / "stack.yml"
+# Another vars file (own stack name, subnet, ports) lets two suites run side by side.
+STACK_VARS = Path(os.environ.get("MLGATE_E2E_VARS", ROOT / "tests" / "e2e" / "stack.yml")).resolve()
 VENV_BIN = Path(sys.executable).parent
 
 

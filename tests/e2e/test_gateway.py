@@ -15,8 +15,7 @@ import docker
 import httpx
 import pytest
 
-from .conftest import Stack, recap, run_playbook
-
+from .conftest import Stack, recap, run_playbook, stack_settings
 
 # --- deployment -------------------------------------------------------------------------
 
@@ -47,7 +46,10 @@ def test_containers_healthy_and_only_gateway_published(stack: Stack) -> None:
         ports = {k: v for k, v in (c.attrs["NetworkSettings"]["Ports"] or {}).items() if v}
         if c.name.endswith("-nginx"):
             bound = sorted((b["HostIp"], b["HostPort"]) for v in ports.values() for b in v)
-            assert bound == [("127.0.0.1", "18080"), ("127.0.0.1", "18443")]
+            settings = stack_settings()
+            assert bound == sorted(
+                ("127.0.0.1", str(settings[k])) for k in ("mlgate_http_port", "mlgate_https_port")
+            )
         else:
             assert ports == {}, f"{c.name} publishes {ports}"
             assert c.attrs["Config"]["User"] == "mlgate"
@@ -55,7 +57,7 @@ def test_containers_healthy_and_only_gateway_published(stack: Stack) -> None:
             assert c.attrs["HostConfig"]["Memory"] > 0
 
 
-@pytest.mark.parametrize("port", [8000, 8081])
+@pytest.mark.parametrize("port", [8000, 8081, 9113])
 def test_internal_ports_not_reachable_on_host(stack: Stack, port: int) -> None:
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -81,9 +83,11 @@ def _handshake(stack: Stack, version: ssl.TLSVersion, cafile: Path) -> str:
     if version < ssl.TLSVersion.TLSv1_2:
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # let the client offer it: the server must refuse
     port = int(stack.https.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        with ctx.wrap_socket(sock, server_hostname="localhost") as tls:
-            return tls.version()
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+        ctx.wrap_socket(sock, server_hostname="localhost") as tls,
+    ):
+        return tls.version()
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
@@ -157,7 +161,7 @@ def test_all_three_v1_replicas_serve_traffic(predict, stack: Stack) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [None, "DEBUG", "Debug", "debugx", "debug,x", "xdebug", " debug", ""]
+    "value", [None, "DEBUG", "Debug", "debugx", "debug,x", "xdebug", "debug debug", ""]
 )
 def test_everything_but_exact_debug_goes_to_v1(predict, value) -> None:
     r = predict(headers={} if value is None else {"X-Experiment-Group": value})
@@ -238,7 +242,8 @@ def _fire(stack: Stack, n: int) -> tuple[collections.Counter, float]:
     body = b'{"sentence": "burst"}'
     request = (
         f"POST /predict HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {token}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
     ).encode() + body
     statuses: collections.Counter = collections.Counter()
     barrier = threading.Barrier(n)
