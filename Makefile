@@ -16,7 +16,7 @@ ARGS ?=
 # Stack that status/logs/stop-project act on (mlgate_stack_name).
 STACK ?= mlgate
 
-.PHONY: help venv collections model retrain unit e2e lint bench-api test \
+.PHONY: help venv collections model retrain unit e2e lint docs bench-api test \
         start-project stop-project status logs clean docker
 
 help: ## list the targets
@@ -45,6 +45,10 @@ lint: $(STAMP) ## ruff, yamllint, ansible-lint (production profile), argument_sp
 	$(VENV)/bin/yamllint --strict .
 	$(VENV)/bin/ansible-lint --nocolor -q
 	$(PY) scripts/check_argument_specs.py
+	$(PY) scripts/gen_variables_doc.py --check
+
+docs: $(STAMP) ## regenerate docs/variables.md from the roles' argument_specs
+	$(PY) scripts/gen_variables_doc.py
 
 bench-api: model ## predict latency and req/s: ours (gunicorn) vs the exam-style reference
 	$(PY) -m bench.api
