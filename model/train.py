@@ -213,15 +213,20 @@ def save_artifacts(out_dir: Path, pipeline: Any, card: dict[str, Any]) -> None:
     _atomic_write(out_dir / CARD_FILENAME, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def existing_version(out_dir: Path) -> str | None:
-    """Version recorded in out_dir's card if both artifact files exist, else None."""
+def existing_card(out_dir: Path) -> dict:
+    """The card in out_dir if both artifact files exist and the card parses, else {}."""
     if not (out_dir / MODEL_FILENAME).is_file():
-        return None
+        return {}
     try:
         card = json.loads((out_dir / CARD_FILENAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    return card.get("version") if isinstance(card, dict) else None
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
+def existing_version(out_dir: Path) -> str | None:
+    """Version recorded in out_dir's card if both artifact files exist, else None."""
+    return existing_card(out_dir).get("version")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -229,7 +234,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", help="dataset CSV (default: $MLGATE_DATASET, then data/, shared/)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="output directory")
     p.add_argument("--if-stale", action="store_true", help="train only if inputs changed")
-    p.add_argument("--revision", default="", help="extra text hashed into the model version")
+    p.add_argument(
+        "--revision",
+        default=None,
+        help="extra text hashed into the model version (default: the current artifacts' revision)",
+    )
     return p.parse_args(argv)
 
 
@@ -246,8 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"model.train: {exc}", file=sys.stderr)
         return 2
     out_dir: Path = args.out.resolve()
+    # Without --revision, keep the revision of the current artifacts: a model forced by
+    # `make retrain` stays current for later deployments until an input really changes.
+    revision = args.revision
+    if revision is None:
+        revision = str(existing_card(out_dir).get("revision") or "")
     version = compute_version(
-        dataset.sha256, code_sha256(), PARAMS, current_sklearn_version(), args.revision
+        dataset.sha256, code_sha256(), PARAMS, current_sklearn_version(), revision
     )
     if args.if_stale and existing_version(out_dir) == version:
         print(f"model up to date: version {version} in {out_dir}")
@@ -256,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"dataset {dataset.path}: {dataset.rows_read} rows read, {dataset.rows_dropped} "
         f"empty dropped, {len(set(dataset.labels))} labels"
     )
-    pipeline, card = train(dataset, PARAMS, args.revision, progress)
+    pipeline, card = train(dataset, PARAMS, revision, progress)
     save_artifacts(out_dir, pipeline, card)
     m = card["metrics"]
     progress(f"wrote {out_dir / MODEL_FILENAME} and {CARD_FILENAME}")

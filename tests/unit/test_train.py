@@ -67,7 +67,14 @@ def test_cli_trains_then_reports_up_to_date(tmp_path: Path, tiny_csv: Path, caps
     # a new revision is a new version, so --if-stale trains again
     assert main(["--data", str(tiny_csv), "--out", str(out), "--if-stale", "--revision", "r2"]) == 0
     assert "model up to date" not in capsys.readouterr().out
-    assert existing_version(out) not in (None, version)
+    retrained = existing_version(out)
+    assert retrained not in (None, version)
+
+    # without --revision the current artifacts' revision is kept: a forced retrain
+    # (make retrain) stays current for the next deployment instead of being undone
+    assert main(["--data", str(tiny_csv), "--out", str(out), "--if-stale"]) == 0
+    assert capsys.readouterr().out.startswith("model up to date")
+    assert existing_version(out) == retrained
 
 
 def test_if_stale_retrains_when_data_changes(tmp_path: Path, tiny_csv: Path, capsys) -> None:
