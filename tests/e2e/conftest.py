@@ -10,6 +10,7 @@ on the same host is never touched. Environment knobs for development:
 from __future__ import annotations
 
 import os
+import ssl
 import re
 import subprocess
 import sys
@@ -126,7 +127,7 @@ def pacer() -> Pacer:
 
 @pytest.fixture(scope="session")
 def client(stack: Stack) -> httpx.Client:
-    with httpx.Client(base_url=stack.https, verify=str(stack.ca), timeout=10) as c:
+    with httpx.Client(base_url=stack.https, verify=ssl.create_default_context(cafile=str(stack.ca)), timeout=10) as c:
         yield c
 
 

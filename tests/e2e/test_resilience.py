@@ -1,4 +1,4 @@
-"""Zero-failure checks under steady load: a crashed replica, a rolling model update.
+"""Zero-failure checks under steady load: a crashed replica, a rolling model update, reloads.
 
 The load stays under the gateway's rate limit (8 r/s from one client), so every failure
 counted here is a real one: any status but 200, or a transport error.
@@ -10,6 +10,7 @@ import collections
 import json
 import os
 import signal
+import ssl
 import threading
 import time
 
@@ -32,7 +33,8 @@ class SteadyLoad(threading.Thread):
 
     def run(self) -> None:
         auth = (self.stack.user, self.stack.password)
-        with httpx.Client(base_url=self.stack.https, verify=str(self.stack.ca), timeout=15) as c:
+        tls = ssl.create_default_context(cafile=str(self.stack.ca))
+        with httpx.Client(base_url=self.stack.https, verify=tls, timeout=15) as c:
             next_at = time.monotonic()
             while not self.stopping.is_set():
                 try:
@@ -131,5 +133,26 @@ def test_rolling_model_update_loses_no_requests(stack: Stack, pacer) -> None:
     )
     started = [c.attrs["State"]["StartedAt"] for c in v1]
     assert started == sorted(started) and len(set(started)) == 3
+    assert load.errors == []
+    assert set(load.statuses) == {200}, load.statuses
+
+
+def test_gateway_reload_under_load_loses_no_requests(stack: Stack, pacer) -> None:
+    pacer.refill()
+    load = SteadyLoad(stack)
+    load.start()
+    try:
+        time.sleep(1)
+        changed = run_playbook("site.yml", "--tags", "nginx", "-e", "nginx_rate_limit_burst=30")
+        time.sleep(1)
+        restored = run_playbook("site.yml", "--tags", "nginx")
+        time.sleep(1)
+    finally:
+        load.stop()
+        pacer.refill()
+    print(f"two gateway reloads: {load.report()}")
+    assert changed.returncode == 0 and restored.returncode == 0
+    assert "RUNNING HANDLER [nginx : Reload nginx]" in changed.stdout
+    assert "RUNNING HANDLER [nginx : Reload nginx]" in restored.stdout
     assert load.errors == []
     assert set(load.statuses) == {200}, load.statuses
