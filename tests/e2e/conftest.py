@@ -10,8 +10,8 @@ on the same host is never touched. Environment knobs for development:
 from __future__ import annotations
 
 import os
-import ssl
 import re
+import ssl
 import subprocess
 import sys
 import threading
@@ -127,7 +127,8 @@ def pacer() -> Pacer:
 
 @pytest.fixture(scope="session")
 def client(stack: Stack) -> httpx.Client:
-    with httpx.Client(base_url=stack.https, verify=ssl.create_default_context(cafile=str(stack.ca)), timeout=10) as c:
+    tls = ssl.create_default_context(cafile=str(stack.ca))
+    with httpx.Client(base_url=stack.https, verify=tls, timeout=10) as c:
         yield c
 
 
