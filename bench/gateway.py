@@ -1,0 +1,272 @@
+"""``make bench``: the gateway under load, three configurations in one run, same model and payload.
+
+1. reference: the exam-style app (one uvicorn process, ``pipeline.predict`` +
+   ``predict_proba`` per request) behind the same nginx role and configuration (HTTPS,
+   basic auth), stack ``mlgate-bench-ref``;
+2. direct: one mlgate API replica, no nginx (plain HTTP to its address on the stack network);
+3. gateway: the full mlgate gateway (HTTPS, basic auth, 3 v1 replicas), stack ``mlgate-bench``.
+
+The benchmark client's address is on the stacks' documented rate-limit exemption list
+(bench/stack*.yml). Each configuration runs with wrk at 16 and 64 connections, 3 times
+(<= 30 s each); the report gives req/s min/median/max, median p50/p99, the CPU seconds used by
+nginx and by the API containers, memory per container, and the ratios (3)/(1) and (3)/(2).
+Writes bench/results/gateway.json and bench/results/gateway.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import yaml
+
+from bench.api import stop, wait_ready
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = ROOT / "bench" / "auth.lua"
+RESULTS = ROOT / "bench" / "results"
+STACK = ROOT / "bench" / "stack.yml"
+REF_STACK = ROOT / "bench" / "stack-reference.yml"
+PLAYBOOK = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "playbooks/site.yml"]
+
+
+def playbook(vars_file: Path, *args: str) -> None:
+    cmd = [*PLAYBOOK, "-e", f"@{vars_file}", *args]
+    print("$", " ".join(cmd[1:]), flush=True)
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        sys.stderr.write(res.stdout[-4000:] + res.stderr[-2000:])
+        raise SystemExit(f"bench: playbook failed ({vars_file.name})")
+
+
+def wrk(url: str, seconds: int, connections: int, auth: str | None) -> dict[str, Any]:
+    env = dict(os.environ, MLGATE_BENCH_AUTH=auth or "")
+    cmd = [
+        "wrk",
+        "-t2",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(LUA),
+        url,
+    ]
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=seconds + 30, check=True, env=env
+    )
+    for line in res.stdout.splitlines():
+        if line.startswith("WRK_JSON "):
+            return json.loads(line[len("WRK_JSON ") :])
+    raise RuntimeError(f"no summary from wrk:\n{res.stdout}\n{res.stderr}")
+
+
+def cpu_seconds(containers: list, host_pids: list[int]) -> float:
+    """CPU seconds used so far by these containers (cgroup) and host processes (/proc)."""
+    total = 0.0
+    for c in containers:
+        total += c.stats(stream=False)["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in host_pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def memory_mib(containers: list) -> dict[str, float]:
+    out = {}
+    for c in containers:
+        mem = c.stats(stream=False)["memory_stats"]
+        usage = mem.get("usage", 0) - mem.get("stats", {}).get("cache", 0)
+        out[c.name] = round(usage / 2**20, 1)
+    return out
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    rps = [r["rps"] for r in runs]
+    return {
+        "rps_min": round(min(rps)),
+        "rps_median": round(statistics.median(rps)),
+        "rps_max": round(max(rps)),
+        "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 2),
+        "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 2),
+        "errors": sum(r["errors"] for r in runs),
+        "non_2xx": sum(r["non_2xx"] for r in runs),
+    }
+
+
+Groups = dict[str, tuple[list, list[int]]]  # group -> (containers, host pids)
+
+
+def measure(name: str, url: str, auth: str | None, groups: Groups, args) -> dict[str, Any]:
+    wrk(url, 2, 16, auth)  # warm-up: connections, TLS sessions, worker caches
+    result: dict[str, Any] = {"name": name, "url": url, "by_connections": {}}
+    for conns in (16, 64):
+        before = {g: cpu_seconds(*members) for g, members in groups.items()}
+        runs = []
+        for i in range(args.runs):
+            r = wrk(url, args.seconds, conns, auth)
+            print(
+                f"  {name:10s} c={conns:<3d} run {i + 1}: {r['rps']:8.0f} req/s  "
+                f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
+                f"errors {r['errors']} non-2xx {r['non_2xx']}",
+                flush=True,
+            )
+            runs.append(r)
+        wall = args.runs * args.seconds
+        cores = {
+            g: round((cpu_seconds(*members) - before[g]) / wall, 2) for g, members in groups.items()
+        }
+        result["by_connections"][str(conns)] = {**summarize(runs), "runs": runs, "cores": cores}
+    return result
+
+
+def proxy_pids(port: int) -> list[int]:
+    """PIDs of Docker's userland proxies that forward a published host port."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"docker-proxy") and str(port).encode() in args:
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+def stack_containers(engine, stack: str) -> list:
+    return sorted(
+        engine.containers.list(filters={"label": f"io.mlgate.stack={stack}"}), key=lambda c: c.name
+    )
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# Gateway benchmark ({report['when']}, {report['cpus']} cores)",
+        "",
+        f"wrk -t2, {report['seconds']} s per run, {report['runs']} runs per row; "
+        "req/s min / median / max, latency medians.",
+        "",
+        "| configuration | conns | req/s min | median | max | p50 ms | p99 ms | errors | "
+        "CPU cores: nginx / api / docker-proxy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cfg in report["configurations"]:
+        for conns, s in cfg["by_connections"].items():
+            lines.append(
+                f"| {cfg['name']} | {conns} | {s['rps_min']} | {s['rps_median']} | {s['rps_max']} "
+                f"| {s['p50_ms']} | {s['p99_ms']} | {s['errors'] + s['non_2xx']} "
+                f"| {s['cores'].get('nginx', 0)} / {s['cores'].get('api', 0)} / "
+                f"{s['cores'].get('docker-proxy', 0)} |"
+            )
+    lines += ["", "| ratio (median req/s, 64 connections) | value | target |", "|---|---|---|"]
+    for key, target in (("gateway/reference", ">= 5"), ("gateway/direct", ">= 0.6")):
+        lines.append(f"| {key} | {report['ratios'][key]} | {target} |")
+    p99 = report["configurations"][2]["by_connections"]["64"]["p99_ms"]
+    lines += [f"| gateway p99 at 64 connections (ms) | {p99} | < 30 |", ""]
+    lines += ["| container | memory MiB |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in report["memory_mib"].items()]
+    lines += [f"| **stack total** | **{report['memory_total_mib']}** |", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=int, default=10, help="wrk duration per run (max 30)")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--reuse", action="store_true", help="reuse the deployed bench stacks")
+    p.add_argument("--keep", action="store_true", help="leave the bench stacks running")
+    args = p.parse_args(argv)
+    args.seconds = max(1, min(args.seconds, 30))
+
+    bench = yaml.safe_load(STACK.read_text())
+    ref = yaml.safe_load(REF_STACK.read_text())
+    ref_host, ref_port = ref["nginx_v1_upstreams"][0].rsplit(":", 1)
+    engine = docker.from_env()
+    ref_proc = None
+    try:
+        if not args.reuse:
+            playbook(STACK)
+            playbook(REF_STACK, "--tags", "docker_host")  # the network the reference binds to
+        ref_proc = subprocess.Popen(
+            [str(ROOT / ".venv/bin/python"), "-m", "uvicorn", "bench.reference_app:app",
+             "--host", ref_host, "--port", ref_port, "--log-level", "warning", "--no-access-log"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_ready(f"http://{ref_host}:{ref_port}/docs", ref_proc)
+        if not args.reuse:
+            playbook(REF_STACK, "--tags", "docker_host,certs,htpasswd,nginx")
+
+        def auth(stack: dict) -> str:
+            folder = ROOT / ".mlgate" / stack["mlgate_stack_name"] / "credentials"
+            token = f"mlgate:{(folder / 'mlgate.password').read_text().strip()}"
+            return "Basic " + base64.b64encode(token.encode()).decode()
+
+        main_containers = stack_containers(engine, bench["mlgate_stack_name"])
+        ref_containers = stack_containers(engine, ref["mlgate_stack_name"])
+        replica = next(c for c in main_containers if c.name.endswith("-api-v1-1"))
+        address = replica.attrs["NetworkSettings"]["Networks"][f"{bench['mlgate_stack_name']}-net"]
+        direct_url = f"http://{address['IPAddress']}:8000/predict"
+        nginx_ref = [c for c in ref_containers if c.name.endswith("-nginx")]
+        nginx_main = [c for c in main_containers if c.name.endswith("-nginx")]
+        v1 = [c for c in main_containers if "-api-v1-" in c.name]
+        configs = [
+            ("reference", f"https://127.0.0.1:{ref['mlgate_https_port']}/predict", auth(ref),
+             {"nginx": (nginx_ref, []), "api": ([], [ref_proc.pid]),
+              "docker-proxy": ([], proxy_pids(ref["mlgate_https_port"]))}),
+            ("direct", direct_url, None, {"nginx": ([], []), "api": ([replica], [])}),
+            ("gateway", f"https://127.0.0.1:{bench['mlgate_https_port']}/predict", auth(bench),
+             {"nginx": (nginx_main, []), "api": (v1, []),
+              "docker-proxy": ([], proxy_pids(bench["mlgate_https_port"]))}),
+        ]  # fmt: skip
+        results = []
+        for name, url, token, groups in configs:
+            print(f"== {name}: {url}", flush=True)
+            results.append(measure(name, url, token, groups, args))
+        memory = memory_mib(main_containers)
+    finally:
+        if ref_proc is not None:
+            stop(ref_proc)
+        if not args.keep:
+            for vars_file in (REF_STACK, STACK):
+                subprocess.run(
+                    [str(ROOT / ".venv/bin/ansible-playbook"), "playbooks/teardown.yml",
+                     "-e", f"@{vars_file}", "-e", "mlgate_teardown_purge=true"],
+                    cwd=ROOT, capture_output=True, check=False,
+                )  # fmt: skip
+
+    med = {r["name"]: r["by_connections"]["64"]["rps_median"] for r in results}
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "seconds": args.seconds,
+        "runs": args.runs,
+        "configurations": results,
+        "ratios": {
+            "gateway/reference": round(med["gateway"] / med["reference"], 2),
+            "gateway/direct": round(med["gateway"] / med["direct"], 2),
+        },
+        "memory_mib": memory,
+        "memory_total_mib": round(sum(memory.values()), 1),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "gateway.json").write_text(json.dumps(report, indent=2) + "\n")
+    md = markdown(report)
+    (RESULTS / "gateway.md").write_text(md)
+    print()
+    print(md)
+    print("(written to bench/results/gateway.json and gateway.md)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
