@@ -16,7 +16,7 @@ ARGS ?=
 # Stack that status/logs/stop-project act on (mlgate_stack_name).
 STACK ?= mlgate
 
-.PHONY: help venv collections model retrain unit e2e lint docs bench-api test \
+.PHONY: help venv collections model retrain unit e2e molecule lint docs bench-api test \
         start-project stop-project status logs clean docker
 
 help: ## list the targets
@@ -80,4 +80,19 @@ clean: venv ## stop-project, then also remove volumes, certs, credentials, targe
 e2e: venv collections ## end-to-end tests: deploy a throwaway stack (mlgate-e2e), test it, remove it
 	$(PYTEST) tests/e2e
 
-test: lint unit e2e ## everything CI runs
+# Molecule scenarios (molecule/<name>/), cheapest first so a failure stops early.
+# `make molecule SCENARIOS="certs nginx"` runs some of them.
+SCENARIOS ?= docker_host certs htpasswd api nginx monitoring default
+
+molecule: venv collections ## molecule test of each role alone and of the whole site (e2e suite as verifier)
+	@export PATH="$(CURDIR)/$(VENV)/bin:$$PATH"; all=$$(date +%s); report=""; \
+	for s in $(SCENARIOS); do \
+	  start=$$(date +%s); \
+	  if ! molecule test -s $$s; then \
+	    echo "molecule: $$s FAILED after $$(( $$(date +%s) - start )) s"; exit 1; \
+	  fi; \
+	  report="$$report  $$s $$(( $$(date +%s) - start )) s\n"; \
+	done; \
+	printf "molecule: durations\n$$report  total $$(( $$(date +%s) - all )) s\n"
+
+test: lint unit molecule ## everything CI runs: lint, unit tests, every molecule scenario
