@@ -16,7 +16,7 @@ ARGS ?=
 # Stack that status/logs/stop-project act on (mlgate_stack_name).
 STACK ?= mlgate
 
-.PHONY: help venv collections model retrain unit e2e molecule lint docs bench-api test \
+.PHONY: help venv collections model retrain unit e2e molecule lint docs bench-api bench chaos test \
         start-project stop-project status logs clean docker
 
 help: ## list the targets
@@ -52,6 +52,13 @@ docs: $(STAMP) ## regenerate docs/variables.md from the roles' argument_specs
 
 bench-api: model ## predict latency and req/s: ours (gunicorn) vs the exam-style reference
 	$(PY) -m bench.api
+
+chaos: venv collections ## crash, rolling update, reloads, hostile input under load: prints failures
+	MLGATE_E2E_VARS=bench/chaos.yml $(PYTEST) -s -p no:cacheprovider \
+	  tests/e2e/test_resilience.py tests/e2e/test_hostile.py
+
+bench: venv collections ## gateway benchmark: reference vs direct vs full gateway (deploys bench stacks)
+	$(PY) -m bench.gateway $(BENCH_ARGS)
 
 collections: $(STAMP) ## install the pinned Ansible collections (none when the ansible package has them)
 	$(VENV)/bin/ansible-galaxy collection install -r requirements.yml -p .ansible/collections >/dev/null
