@@ -32,7 +32,7 @@ import yaml
 from bench.api import stop, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
-LUA = ROOT / "bench" / "auth.lua"
+LUA = ROOT / "bench" / "post.lua"
 RESULTS = ROOT / "bench" / "results"
 STACK = ROOT / "bench" / "stack.yml"
 REF_STACK = ROOT / "bench" / "stack-reference.yml"

@@ -2,6 +2,11 @@
 wrk.method = "POST"
 wrk.body = '{"sentence": "I can not wait to see you all this weekend, it is going to be so much fun"}'
 wrk.headers["Content-Type"] = "application/json"
+-- Through the gateway (make bench): MLGATE_BENCH_AUTH holds "Basic <base64>".
+local auth = os.getenv("MLGATE_BENCH_AUTH")
+if auth and #auth > 0 then
+  wrk.headers["Authorization"] = auth
+end
 
 function done(summary, latency, requests)
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write
