@@ -1,0 +1,153 @@
+"""The site deployed over SSH to one gateway host and two API nodes (molecule `remote`).
+
+Tests run in file order: the last one powers an API node off.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from tests.remote.conftest import Load, Remote, on_host, run_site
+
+
+def containers_on(host: str) -> dict[str, str]:
+    """{container name: published ports} of the mlgate containers running on a host."""
+    out = on_host(host, "docker", "ps", "--format", "{{.Names}}\t{{.Ports}}")
+    rows = [line.split("\t") + [""] for line in out.splitlines() if line.strip()]
+    return {row[0]: row[1] for row in rows}
+
+
+def test_gateway_answers_over_https_with_auth(remote: Remote) -> None:
+    answer = remote.predict("I am so happy today")
+    assert answer.status_code == 200, answer.text
+    assert set(answer.json()) == {"prediction value"}
+    debug = remote.predict("I am so happy today", headers={"X-Experiment-Group": "debug"})
+    assert debug.status_code == 200, debug.text
+    assert abs(sum(debug.json()["prediction_proba_dict"].values()) - 1) < 1e-6
+    anonymous = remote.client.post("/predict", json={"sentence": "hi"})
+    assert anonymous.status_code == 401
+    plain = httpx.get(remote.cfg["http"] + "/predict", follow_redirects=False, timeout=10)
+    assert plain.status_code == 301
+    assert plain.headers["location"].startswith("https://")
+
+
+def test_ca_and_credentials_came_back_to_the_controller(remote: Remote) -> None:
+    controller = Path(remote.cfg["controller_dir"])
+    assert (controller / "ca.crt").read_text().startswith("-----BEGIN CERTIFICATE-----")
+    secret = controller / "credentials" / "mlgate.password"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert len(remote.password) >= 32
+    # The CA key stays on the gateway host, readable by root only.
+    gateway = remote.cfg["gateway"]
+    mode = on_host(gateway, "stat", "-c", "%a", f"/opt/mlgate/{remote.cfg['stack']}/ca").strip()
+    assert mode == "700"
+    assert not (controller / "ca.key").exists()
+
+
+def test_replicas_run_on_the_nodes_the_inventory_gives(remote: Remote) -> None:
+    cfg = remote.cfg
+    gateway = cfg["gateway"]
+    for node in cfg["api_nodes"]:
+        running = containers_on(node)
+        expected = {i["name"] for i in remote.instances if i["node"] == node}
+        assert expected, f"no replica placed on {node}"
+        api = {name for name in running if "-api-" in name}
+        assert api == expected, f"{node} runs {sorted(api)}, inventory says {sorted(expected)}"
+        for name in api:
+            # Published on the node's internal address only (not 0.0.0.0), on the expected port.
+            instance = next(i for i in remote.instances if i["name"] == name)
+            assert instance["endpoint"].split(":")[0] == cfg["addresses"][node]
+            assert running[name].startswith(instance["endpoint"] + "->8000/tcp"), running[name]
+        assert not any(name.endswith("-nginx") for name in running), f"{node} runs nginx"
+    at_gateway = containers_on(gateway)
+    assert f"{cfg['stack']}-nginx" in at_gateway
+    assert f"{cfg['stack']}-prometheus" in at_gateway
+    assert not any("-api-" in name for name in at_gateway)
+    # Both API nodes carry replicas of v1.
+    v1_nodes = {i["node"] for i in remote.instances if i["variant"] == "v1"}
+    assert v1_nodes == set(cfg["api_nodes"])
+
+
+def test_traffic_reaches_replicas_on_every_node(remote: Remote) -> None:
+    seen = set()
+    for _ in range(30):
+        answer = remote.predict("spread the load")
+        assert answer.status_code == 200, answer.text
+        seen.add(answer.headers["x-mlgate-replica"])
+    v1 = {i["name"] for i in remote.instances if i["variant"] == "v1"}
+    assert seen == v1, f"replicas answering: {sorted(seen)}"
+    assert {remote.node_of(r) for r in seen} == set(remote.cfg["api_nodes"])
+    debug = remote.predict("which node?", headers={"X-Experiment-Group": "debug"})
+    v2 = next(i for i in remote.instances if i["variant"] == "v2")
+    assert debug.headers["x-mlgate-replica"] == v2["name"]
+
+
+def test_prometheus_scrapes_every_replica_on_every_node(remote: Remote) -> None:
+    query = (
+        "import json, urllib.request; print(json.dumps(json.load(urllib.request.urlopen("
+        "'http://127.0.0.1:9090/api/v1/targets?state=active', timeout=5))['data']['activeTargets']))"
+    )
+    wanted = {i["endpoint"] for i in remote.instances}
+    deadline = time.monotonic() + 60
+    while True:
+        targets = json.loads(on_host(remote.cfg["gateway"], "python3", "-c", query))
+        api = {t["labels"]["instance"]: t["health"] for t in targets if t["labels"]["job"] == "api"}
+        if set(api) == wanted and set(api.values()) == {"up"} or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert set(api) == wanted
+    assert set(api.values()) == {"up"}, api
+
+
+def test_rolling_update_replaces_one_replica_at_a_time_across_the_fleet(remote: Remote) -> None:
+    revision = f"fleet-{uuid.uuid4().hex[:8]}"
+    with Load(remote) as load:
+        done = run_site(remote.cfg, "-e", f"api_model_revision={revision}")
+    assert done.returncode == 0, done.stdout[-6000:]
+    print(f"\nfleet rolling update: {load.sent} requests, failed {load.failed()}")
+    assert load.sent > 50
+    assert load.failed() == {"by_status": {}, "transport": 0}, load.errors[:5]
+    # Replaced one at a time: the API play is serial per node and each node waits for a healthy
+    # replica before the next; so the replicas restarted in inventory order, never together.
+    starts = []
+    for node in remote.cfg["api_nodes"]:
+        for name in (i["name"] for i in remote.instances if i["node"] == node):
+            info = json.loads(on_host(node, "docker", "inspect", name))[0]
+            assert info["Config"]["Labels"]["io.mlgate.model-version"], name
+            starts.append((info["State"]["StartedAt"], node, name))
+    versions = set()
+    for node in remote.cfg["api_nodes"]:
+        for name in (i["name"] for i in remote.instances if i["node"] == node):
+            health = on_host(
+                node, "docker", "exec", name, "python", "-c",
+                "import urllib.request; print(urllib.request.urlopen("
+                "'http://127.0.0.1:8000/health', timeout=5).read().decode())",
+            )
+            versions.add(json.loads(health)["model_version"])
+    assert len(versions) == 1, versions
+    ordered_nodes = [node for _, node, _ in sorted(starts)]
+    # All replicas of one node restarted before any of the next node's.
+    assert ordered_nodes == sorted(ordered_nodes, key=remote.cfg["api_nodes"].index), sorted(starts)
+
+
+def test_losing_a_whole_api_node_loses_no_requests(remote: Remote) -> None:
+    victim = remote.cfg["api_nodes"][-1]
+    with Load(remote) as load:
+        time.sleep(4)
+        killed_at = time.monotonic()
+        on_host_kill = __import__("subprocess").run(
+            ["docker", "kill", victim], capture_output=True, text=True, check=False
+        )
+        assert on_host_kill.returncode == 0, on_host_kill.stderr
+        time.sleep(20)
+    print(f"\nnode {victim} powered off: {load.sent} requests, failed {load.failed()}")
+    assert load.failed() == {"by_status": {}, "transport": 0}, load.errors[:5]
+    after = [r for t, r in load.replicas if t > killed_at + 12]
+    assert len(after) > 20
+    assert {remote.node_of(r) for r in after} == set(remote.cfg["api_nodes"]) - {victim}
