@@ -89,7 +89,7 @@ e2e: venv collections ## end-to-end tests: deploy a throwaway stack (mlgate-e2e)
 
 # Molecule scenarios (molecule/<name>/), cheapest first so a failure stops early.
 # `make molecule SCENARIOS="certs nginx"` runs some of them.
-SCENARIOS ?= docker_host certs htpasswd api nginx monitoring default
+SCENARIOS ?= docker_host certs htpasswd api nginx monitoring default remote
 
 molecule: venv collections ## molecule test of each role alone and of the whole site (e2e suite as verifier)
 	@export PATH="$(CURDIR)/$(VENV)/bin:$$PATH"; all=$$(date +%s); report=""; \

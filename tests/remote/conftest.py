@@ -35,7 +35,11 @@ def settings() -> dict:
 def on_host(host: str, *argv: str, timeout: int = 60) -> str:
     """Run a command on a test host (its console), return stdout."""
     done = subprocess.run(
-        ["docker", "exec", host, *argv], capture_output=True, text=True, timeout=timeout, check=False
+        ["docker", "exec", host, *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     assert done.returncode == 0, f"{host}: {argv} failed: {done.stderr[-2000:]}"
     return done.stdout

@@ -19,7 +19,7 @@ from tests.remote.conftest import Load, Remote, on_host, run_site
 def containers_on(host: str) -> dict[str, str]:
     """{container name: published ports} of the mlgate containers running on a host."""
     out = on_host(host, "docker", "ps", "--format", "{{.Names}}\t{{.Ports}}")
-    rows = [line.split("\t") + [""] for line in out.splitlines() if line.strip()]
+    rows = [[*line.split("\t"), ""] for line in out.splitlines() if line.strip()]
     return {row[0]: row[1] for row in rows}
 
 
@@ -89,16 +89,17 @@ def test_traffic_reaches_replicas_on_every_node(remote: Remote) -> None:
 
 
 def test_prometheus_scrapes_every_replica_on_every_node(remote: Remote) -> None:
+    url = "http://127.0.0.1:9090/api/v1/targets?state=active"
     query = (
         "import json, urllib.request; print(json.dumps(json.load(urllib.request.urlopen("
-        "'http://127.0.0.1:9090/api/v1/targets?state=active', timeout=5))['data']['activeTargets']))"
+        f"'{url}', timeout=5))['data']['activeTargets']))"
     )
     wanted = {i["endpoint"] for i in remote.instances}
     deadline = time.monotonic() + 60
     while True:
         targets = json.loads(on_host(remote.cfg["gateway"], "python3", "-c", query))
         api = {t["labels"]["instance"]: t["health"] for t in targets if t["labels"]["job"] == "api"}
-        if set(api) == wanted and set(api.values()) == {"up"} or time.monotonic() > deadline:
+        if (set(api) == wanted and set(api.values()) == {"up"}) or time.monotonic() > deadline:
             break
         time.sleep(3)
     assert set(api) == wanted
@@ -125,7 +126,12 @@ def test_rolling_update_replaces_one_replica_at_a_time_across_the_fleet(remote: 
     for node in remote.cfg["api_nodes"]:
         for name in (i["name"] for i in remote.instances if i["node"] == node):
             health = on_host(
-                node, "docker", "exec", name, "python", "-c",
+                node,
+                "docker",
+                "exec",
+                name,
+                "python",
+                "-c",
                 "import urllib.request; print(urllib.request.urlopen("
                 "'http://127.0.0.1:8000/health', timeout=5).read().decode())",
             )
