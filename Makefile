@@ -23,11 +23,13 @@ help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) \
 	  | awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
 
-venv: $(STAMP) ## create/update .venv from requirements/dev.txt (only when requirements changed)
+venv: $(STAMP) ## create/update .venv from requirements/dev.txt, .venv/sslyze (only when requirements changed)
 
 $(STAMP): $(REQS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --disable-pip-version-check -q -r requirements/dev.txt
+	test -x $(VENV)/sslyze/bin/python || python3 -m venv $(VENV)/sslyze
+	$(VENV)/sslyze/bin/pip install --disable-pip-version-check -q -r requirements/sslyze.txt
 	touch $@
 
 model: $(STAMP) ## train the model unless model/artifacts is up to date
