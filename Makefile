@@ -55,8 +55,8 @@ docs: $(STAMP) ## regenerate docs/variables.md from the roles' argument_specs
 bench-api: model ## predict latency and req/s: ours (gunicorn) vs the exam-style reference
 	$(PY) -m bench.api
 
-chaos: venv collections ## crash, rolling update, reloads, hostile input under load: prints failures
-	MLGATE_E2E_VARS=bench/chaos.yml $(PYTEST) -s -p no:cacheprovider \
+chaos: venv collections ## crash, rolling updates, reloads, hostile input, slowhttptest under load: prints failures
+	MLGATE_E2E_VARS=bench/chaos.yml MLGATE_E2E_SLOW_SECONDS=25 $(PYTEST) -s -p no:cacheprovider \
 	  tests/e2e/test_resilience.py tests/e2e/test_hostile.py
 
 bench: venv collections ## gateway benchmark: reference vs direct vs full gateway (deploys bench stacks)

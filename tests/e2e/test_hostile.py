@@ -1,13 +1,22 @@
 """Hostile input through the gateway: every answer is a deliberate 4xx, never a 5xx, and a
-paced legitimate client keeps being served."""
+paced legitimate client keeps being served, slow clients (slowhttptest) included."""
 
 from __future__ import annotations
 
+import base64
+import collections
+import csv
+import json
+import os
+import re
+import shutil
 import socket
 import ssl
-import threading
+import subprocess
 import time
+from pathlib import Path
 
+import docker
 import httpx
 import pytest
 
@@ -82,51 +91,118 @@ def test_password_guessing_burst_is_rate_limited_then_service_recovers(
     assert predict().status_code == 200
 
 
-def test_slow_clients_do_not_starve_a_paced_client(stack: Stack, predict, pacer) -> None:
-    """200 slowloris connections (headers trickled for 8 s) next to a client at 5 r/s."""
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="gateway bug: on a request line nginx cannot parse, `error_page 400 @error_400` "
+    "(a named location) fails ('empty URI in redirect to named location') and nginx answers "
+    "500 text/html; sslyze's and testssl's probes trigger it. Fix in roles/nginx (an internal "
+    "URI location for 400), then drop this marker.",
+)
+@pytest.mark.parametrize("line", [b" P", b"GARBAGE"])
+def test_malformed_request_line_gets_400(stack: Stack, line: bytes) -> None:
     port = int(stack.https.rsplit(":", 1)[1])
     ctx = ssl.create_default_context(cafile=str(stack.ca))
-    stop = threading.Event()
-    opened = []
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as s,
+    ):
+        s.sendall(line + b"\r\n\r\n")
+        status_line = s.recv(4096).split(b"\r\n", 1)[0]
+    assert status_line.startswith(b"HTTP/1.1 400 "), status_line
 
-    def slowloris() -> None:
-        for _ in range(200):
-            try:
-                s = ctx.wrap_socket(
-                    socket.create_connection(("127.0.0.1", port), timeout=5),
-                    server_hostname="localhost",
-                )
-                s.sendall(b"POST /predict HTTP/1.1\r\nHost: localhost\r\n")
-                opened.append(s)
-            except OSError:
-                break
-        while not stop.wait(2):
-            for s in list(opened):
-                try:
-                    s.sendall(b"X-Slow: 1\r\n")
-                except OSError:
-                    opened.remove(s)
-        for s in opened:
-            s.close()
 
-    attacker = threading.Thread(target=slowloris, daemon=True)
+# slowhttptest (Debian) against the published HTTPS port: (mode flag, extra arguments)
+SLOW_MODES = {
+    # Slowloris: headers never finish (a header line every 5 s); nginx's 10 s
+    # client_header_timeout must cut them, and they never reach the rate limit.
+    "slow headers": ("-H", []),
+    # R-U-Dead-Yet: valid authenticated POSTs (credentials through slowhttptest's cookie
+    # option, its only way to add a header) whose 8 KiB body trickles in every 5 s.
+    "slow body": ("-B", ["-f", "application/json", "-s", "8192"]),
+}
+SLOW_CONNECTIONS = 300
+SLOW_RATE = 100  # connections opened per second: all open after 3 s
+SLOW_SECONDS = int(os.environ.get("MLGATE_E2E_SLOW_SECONDS", "12"))  # make chaos: longer
+
+
+def gateway_statuses(stack: Stack, since: float) -> collections.Counter:
+    """Statuses in the gateway's JSON access log since a time (epoch seconds)."""
+    nginx = docker.from_env().containers.get(f"{stack.name}-nginx")
+    logs = nginx.logs(stdout=True, stderr=False, since=int(since)).decode(errors="replace")
+    statuses: collections.Counter = collections.Counter()
+    for line in logs.splitlines():
+        if line.startswith("{"):
+            statuses[json.loads(line)["status"]] += 1
+    return statuses
+
+
+@pytest.mark.parametrize("mode", sorted(SLOW_MODES))
+def test_slowhttptest_does_not_starve_a_paced_client(
+    stack: Stack, predict, pacer, tmp_path: Path, mode: str
+) -> None:
+    """300 slow connections for SLOW_SECONDS next to a client paced at 5 r/s: the client only
+    gets 200, slowhttptest's own probe finds the service up every second, no 5xx anywhere.
+
+    All 127.0.0.1 clients share one address for the gateway (Docker's userland proxy), so
+    the slow-body attacker's requests draw on the paced client's rate-limit bucket: that client
+    starts once the attacker has opened its connections (about 3 s). From other hosts, each
+    address has its own bucket and connection limit."""
+    slowhttptest = shutil.which("slowhttptest")
+    assert slowhttptest, "slowhttptest missing: apt-get install slowhttptest (.ci/run does)"
+    flag, extra = SLOW_MODES[mode]
+    token = base64.b64encode(f"{stack.user}:{stack.password}".encode()).decode()
+    port = int(stack.https.rsplit(":", 1)[1])
+    cmd = [
+        slowhttptest, flag, *extra,
+        "-c", str(SLOW_CONNECTIONS), "-r", str(SLOW_RATE), "-i", "5", "-l", str(SLOW_SECONDS),
+        "-p", "3", "-t", "POST", "-u", f"https://localhost:{port}/predict",
+        "-j", f"mlgate=1\r\nAuthorization: Basic {token}",
+        "-g", "-o", str(tmp_path / "slow"),
+    ]  # fmt: skip
     pacer.refill()
-    attacker.start()
+    started = time.time()
+    attack = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    codes: collections.Counter = collections.Counter()
+    errors: list[str] = []
     try:
-        time.sleep(1)
-        codes = []
-        end = time.monotonic() + 8
-        while time.monotonic() < end:
-            codes.append(predict().status_code)
+        time.sleep(0.5 if flag == "-H" else SLOW_CONNECTIONS / SLOW_RATE + 2)
+        while attack.poll() is None:
+            try:
+                codes[predict().status_code] += 1
+            except httpx.HTTPError as exc:
+                errors.append(repr(exc))
             time.sleep(0.1)
+        output = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", attack.communicate(timeout=30)[0])
     finally:
-        stop.set()
-        attacker.join(20)
-        pacer.refill()
+        if attack.poll() is None:
+            attack.kill()
+            attack.wait()
+    time.sleep(1.5)  # the access log is flushed every second
+    statuses = gateway_statuses(stack, started)
+    with (tmp_path / "slow.csv").open() as f:
+        rows = [{k: int(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    found = re.search(r"Exit status: (.*)", output)
+    exit_status = found.group(1).strip() if found else None
+    held = max(r["Connected"] for r in rows)
+    closed = rows[-1]["Closed"]
+    up = sum(1 for r in rows if r["Service Available"] > 0)
     print(
-        f"slowloris: {len(opened)} slow connections held; paced client got {codes.count(200)}x200"
+        f"slowhttptest {mode}: {SLOW_CONNECTIONS} connections for {SLOW_SECONDS} s, "
+        f"{held} held at once, {closed} closed by the server by the end "
+        f"({exit_status}); probe: service "
+        f"available {up}/{len(rows)} s; paced client {dict(codes)}, {len(errors)} transport "
+        f"errors; gateway statuses {dict(sorted(statuses.items()))}"
     )
-    assert codes and set(codes) == {200}
+    # it stops at its time limit, or earlier once the server has closed every connection
+    assert exit_status in {"Hit test time limit", "No open connections left"}, output[-2000:]
+    assert held >= SLOW_CONNECTIONS * 0.9, rows
+    assert up == len(rows), rows
+    if flag == "-H":  # client_header_timeout (10 s) cut the first connections before the end
+        assert closed > 0, rows
+    assert errors == []
+    assert sum(codes.values()) >= 20 and set(codes) == {200}, codes
+    assert not [s for s in statuses if s >= 500], statuses
 
 
 def test_spoofed_experiment_headers_never_reach_v2(predict) -> None:
