@@ -77,7 +77,10 @@ def cpu_seconds(containers: list, host_pids: list[int]) -> float:
         total += c.stats(stream=False)["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
     tick = os.sysconf("SC_CLK_TCK")
     for pid in host_pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended (a healthcheck's shim)
+            continue
         total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
@@ -143,6 +146,20 @@ def proxy_pids(port: int) -> list[int]:
     return pids
 
 
+def engine_pids() -> list[int]:
+    """PIDs of the Docker engine's own processes (dockerd, containerd, the shims): they carry
+    every container's stdout into the json-file logs, so a chatty access log costs CPU here."""
+    pids = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            name = comm.read_text().strip()
+        except OSError:
+            continue
+        if name in ("dockerd", "containerd") or name.startswith("containerd-shim"):
+            pids.append(int(comm.parent.name))
+    return pids
+
+
 def stack_containers(engine, stack: str) -> list:
     return sorted(
         engine.containers.list(filters={"label": f"io.mlgate.stack={stack}"}), key=lambda c: c.name
@@ -157,7 +174,7 @@ def markdown(report: dict[str, Any]) -> str:
         "req/s min / median / max, latency medians.",
         "",
         "| configuration | conns | req/s min | median | max | p50 ms | p99 ms | errors | "
-        "CPU cores: nginx / api / docker-proxy |",
+        "CPU cores: nginx / api / docker-proxy / engine |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for cfg in report["configurations"]:
@@ -166,7 +183,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {cfg['name']} | {conns} | {s['rps_min']} | {s['rps_median']} | {s['rps_max']} "
                 f"| {s['p50_ms']} | {s['p99_ms']} | {s['errors'] + s['non_2xx']} "
                 f"| {s['cores'].get('nginx', 0)} / {s['cores'].get('api', 0)} / "
-                f"{s['cores'].get('docker-proxy', 0)} |"
+                f"{s['cores'].get('docker-proxy', 0)} / {s['cores'].get('engine', 0)} |"
             )
     lines += ["", "| ratio (median req/s, 64 connections) | value | target |", "|---|---|---|"]
     for key, target in (("gateway/reference", ">= 5"), ("gateway/direct", ">= 0.6")):
@@ -235,11 +252,14 @@ def main(argv: list[str] | None = None) -> int:
         configs = [
             ("reference", f"https://127.0.0.1:{ref['mlgate_https_port']}/predict", auth(ref),
              {"nginx": (nginx_ref, []), "api": ([], [ref_proc.pid]),
-              "docker-proxy": ([], proxy_pids(ref["mlgate_https_port"]))}),
-            ("direct", direct_url, None, {"nginx": ([], []), "api": ([replica], [])}),
+              "docker-proxy": ([], proxy_pids(ref["mlgate_https_port"])),
+              "engine": ([], engine_pids())}),
+            ("direct", direct_url, None,
+             {"nginx": ([], []), "api": ([replica], []), "engine": ([], engine_pids())}),
             ("gateway", f"https://127.0.0.1:{bench['mlgate_https_port']}/predict", auth(bench),
              {"nginx": (nginx_main, []), "api": (v1, []),
-              "docker-proxy": ([], proxy_pids(bench["mlgate_https_port"]))}),
+              "docker-proxy": ([], proxy_pids(bench["mlgate_https_port"])),
+              "engine": ([], engine_pids())}),
         ]  # fmt: skip
         results = []
         for name, url, token, groups in [c for c in configs if c[0] in only]:
