@@ -226,19 +226,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.reuse:
             playbook(STACK, *tuning)
-            playbook(REF_STACK, "--tags", "docker_host")  # the network the reference binds to
-        ref_proc = subprocess.Popen(
-            [str(ROOT / ".venv/bin/python"), "-m", "uvicorn", "bench.reference_app:app",
-             "--host", ref_host, "--port", ref_port, "--log-level", "warning", "--no-access-log"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        wait_ready(f"http://{ref_host}:{ref_port}/docs", ref_proc)
-        if not args.reuse:
-            playbook(REF_STACK, "--tags", "docker_host,certs,htpasswd,nginx")
+        if "reference" in only:
+            if not args.reuse:  # the network the reference binds to
+                playbook(REF_STACK, "--tags", "docker_host")
+            ref_proc = subprocess.Popen(
+                [str(ROOT / ".venv/bin/python"), "-m", "uvicorn", "bench.reference_app:app",
+                 "--host", ref_host, "--port", ref_port, "--log-level", "warning",
+                 "--no-access-log"],
+                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            wait_ready(f"http://{ref_host}:{ref_port}/docs", ref_proc)
+            if not args.reuse:
+                playbook(REF_STACK, "--tags", "docker_host,certs,htpasswd,nginx")
 
         def auth(stack: dict) -> str:
-            folder = ROOT / ".mlgate" / stack["mlgate_stack_name"] / "credentials"
-            token = f"mlgate:{(folder / 'mlgate.password').read_text().strip()}"
+            secret = ROOT / ".mlgate" / stack["mlgate_stack_name"] / "credentials/mlgate.password"
+            if not secret.exists():  # a stack not deployed (--only without it)
+                return ""
+            token = f"mlgate:{secret.read_text().strip()}"
             return "Basic " + base64.b64encode(token.encode()).decode()
 
         main_containers = stack_containers(engine, bench["mlgate_stack_name"])
@@ -251,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         v1 = [c for c in main_containers if "-api-v1-" in c.name]
         configs = [
             ("reference", f"https://127.0.0.1:{ref['mlgate_https_port']}/predict", auth(ref),
-             {"nginx": (nginx_ref, []), "api": ([], [ref_proc.pid]),
+             {"nginx": (nginx_ref, []), "api": ([], [ref_proc.pid] if ref_proc else []),
               "docker-proxy": ([], proxy_pids(ref["mlgate_https_port"])),
               "engine": ([], engine_pids())}),
             ("direct", direct_url, None,
