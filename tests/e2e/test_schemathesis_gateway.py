@@ -6,9 +6,6 @@ publishes only /predict and /health). Every check schemathesis has is on, except
 
 - operations ``GET /metrics`` and ``GET /model``: not published by the gateway (404 by
   design: internal endpoints);
-- check ``unsupported_method`` on ``/health``: the gateway forwards any method on /health to
-  the pool as a GET (``proxy_method GET``) and answers 200; undocumented methods on /predict
-  still get 405 + ``Allow: POST``;
 - v2 (``X-Experiment-Group: debug``): only ``POST /predict`` (``/health`` always reports the v1
   pool).
 """
@@ -28,10 +25,6 @@ from .conftest import Pacer, Stack, stack_settings
 CONFIG = """\
 # every built-in check; the exclusions are explained in the test module's docstring
 checks.enabled = true
-
-[[operations]]
-include-path = "/health"
-checks.unsupported_method.enabled = false
 """
 
 CASES = {
