@@ -1,15 +1,18 @@
-"""``make bench``: the gateway under load, three configurations in one run, same model and payload.
+"""``make bench``: the gateway under load, four configurations in one run, same model and payload.
 
 1. reference: the exam-style app (one uvicorn process, ``pipeline.predict`` +
    ``predict_proba`` per request) behind the same nginx role and configuration (HTTPS,
    basic auth), stack ``mlgate-bench-ref``;
 2. direct: one mlgate API replica, no nginx (plain HTTP to its address on the stack network);
-3. gateway: the full mlgate gateway (HTTPS, basic auth, 3 v1 replicas), stack ``mlgate-bench``.
+3. gateway: the full mlgate gateway (HTTPS, basic auth, 3 v1 replicas), stack ``mlgate-bench``,
+   through its published port on 127.0.0.1 (so through Docker's userland proxy);
+4. gateway-internal: the same gateway at its container address, the path (2) takes.
 
 The benchmark client's address is on the stacks' documented rate-limit exemption list
 (bench/stack*.yml). Each configuration runs with wrk at 16 and 64 connections, 3 times
 (<= 30 s each); the report gives req/s min/median/max, median p50/p99, the CPU seconds used by
-nginx and by the API containers, memory per container, and the ratios (3)/(1) and (3)/(2).
+nginx, the API containers, docker-proxy and the engine, memory per container, and the ratios
+(3)/(1), (3)/(2) and (4)/(2).
 Writes bench/results/gateway.json and bench/results/gateway.md.
 """
 
@@ -186,12 +189,16 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{s['cores'].get('docker-proxy', 0)} / {s['cores'].get('engine', 0)} |"
             )
     lines += ["", "| ratio (median req/s, 64 connections) | value | target |", "|---|---|---|"]
-    for key, target in (("gateway/reference", ">= 5"), ("gateway/direct", ">= 0.6")):
+    for key, target in (
+        ("gateway/reference", ">= 5"),
+        ("gateway/direct", ">= 0.6"),
+        ("gateway-internal/direct", ">= 0.6"),
+    ):
         lines.append(f"| {key} | {report['ratios'].get(key, 'not measured')} | {target} |")
-    gateway = [c for c in report["configurations"] if c["name"] == "gateway"]
-    if gateway:
-        p99 = gateway[0]["by_connections"]["64"]["p99_ms"]
-        lines += [f"| gateway p99 at 64 connections (ms) | {p99} | < 30 |"]
+    for cfg in report["configurations"]:
+        if cfg["name"].startswith("gateway"):
+            p99 = cfg["by_connections"]["64"]["p99_ms"]
+            lines += [f"| {cfg['name']} p99 at 64 connections (ms) | {p99} | < 30 |"]
     lines += ["", f"Stack settings: {', '.join(report['settings']) or 'defaults'}", ""]
     lines += ["| container | memory MiB |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in report["memory_mib"].items()]
@@ -210,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         help="extra variable for the mlgate stack (tuning runs), e.g. --set api_workers=1",
     )  # fmt: skip
     p.add_argument(
-        "--only", default="reference,direct,gateway",
+        "--only", default="reference,direct,gateway,gateway-internal",
         help="comma-separated configurations to measure (default: all three)",
     )  # fmt: skip
     args = p.parse_args(argv)
@@ -251,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         replica = next(c for c in main_containers if c.name.endswith("-api-v1-1"))
         address = replica.attrs["NetworkSettings"]["Networks"][f"{bench['mlgate_stack_name']}-net"]
         direct_url = f"http://{address['IPAddress']}:8000/predict"
+        nginx_address = next(c for c in main_containers if c.name.endswith("-nginx")).attrs[
+            "NetworkSettings"
+        ]["Networks"][f"{bench['mlgate_stack_name']}-net"]["IPAddress"]
         nginx_ref = [c for c in ref_containers if c.name.endswith("-nginx")]
         nginx_main = [c for c in main_containers if c.name.endswith("-nginx")]
         v1 = [c for c in main_containers if "-api-v1-" in c.name]
@@ -265,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
              {"nginx": (nginx_main, []), "api": (v1, []),
               "docker-proxy": ([], proxy_pids(bench["mlgate_https_port"])),
               "engine": ([], engine_pids())}),
+            # The same gateway reached the way "direct" reaches its replica (the container's
+            # address): no userland proxy, so (4)/(2) compares like with like.
+            ("gateway-internal", f"https://{nginx_address}:443/predict", auth(bench),
+             {"nginx": (nginx_main, []), "api": (v1, []), "engine": ([], engine_pids())}),
         ]  # fmt: skip
         results = []
         for name, url, token, groups in [c for c in configs if c[0] in only]:
@@ -291,9 +305,13 @@ def main(argv: list[str] | None = None) -> int:
         "configurations": results,
         "settings": args.set,
         "ratios": {
-            f"gateway/{base}": round(med["gateway"] / med[base], 2)
-            for base in ("reference", "direct")
-            if "gateway" in med and base in med
+            f"{top}/{base}": round(med[top] / med[base], 2)
+            for top, base in (
+                ("gateway", "reference"),
+                ("gateway", "direct"),
+                ("gateway-internal", "direct"),
+            )
+            if top in med and base in med
         },
         "memory_mib": memory,
         "memory_total_mib": round(sum(memory.values()), 1),
