@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import http.client
+import signal
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -124,3 +131,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_api(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """Run ``python -m api`` (the production launcher) with ``env`` until /health answers 200
+    on MLGATE_BIND; stop it with SIGTERM (then SIGKILL) afterwards. Output goes to log_path."""
+    host, port = env["MLGATE_BIND"].rsplit(":", 1)
+    root = Path(__file__).resolve().parents[2]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "api"], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, log_path.read_text()
+                try:
+                    c = http.client.HTTPConnection(host, int(port), timeout=2)
+                    c.request("GET", "/health")
+                    if c.getresponse().status == 200:
+                        break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

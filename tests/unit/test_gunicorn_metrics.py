@@ -5,17 +5,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.unit.conftest import SENTENCES, free_port
+from tests.unit.conftest import SENTENCES, free_port, serve_api
 
 ROOT = Path(__file__).resolve().parents[2]
 N_OK = 200
@@ -53,30 +49,8 @@ def server(model_dir: Path, tmp_path: Path):
     # stale file from a "previous run": must be wiped at start
     (tmp_path / "prom").mkdir()
     (tmp_path / "prom" / "counter_999999.db").write_bytes(b"\0" * 16)
-    log = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, (tmp_path / "server.log").read_text()
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/health")
-            if c.getresponse().status == 200:
-                break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.2)
-    yield port, tmp_path
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+    with serve_api(env, tmp_path / "server.log"):
+        yield port, tmp_path
 
 
 def one_request(port: int, body: bytes) -> tuple[int, dict]:

@@ -10,18 +10,13 @@ undocumented methods, ...) over the examples, coverage and fuzzing phases. No ex
 
 from __future__ import annotations
 
-import http.client
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.unit.conftest import free_port
+from tests.unit.conftest import free_port, serve_api
 from tests.unit.schemathesis_cli import assert_clean, run_schemathesis, summary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,31 +35,8 @@ def served(request: pytest.FixtureRequest, model_dir: Path, tmp_path: Path) -> I
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "MLGATE_REPLICA": "st-1",
     })  # fmt: skip
     log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "api"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                    c.request("GET", "/health")
-                    if c.getresponse().status == 200:
-                        break
-                except OSError:
-                    pass
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.2)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with serve_api(env, log_path):
+        yield f"http://127.0.0.1:{port}"
     # whatever schemathesis sent, no worker crashed or logged an unhandled error
     server_log = log_path.read_text()
     assert "Traceback" not in server_log, server_log[-4000:]
