@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure a Docker engine answers on this machine: install Debian's docker.io when the
-# docker command is missing, start the engine (systemd when present, else dockerd in the
+# engine (dockerd) is missing, start the engine (systemd when present, else dockerd in the
 # background) and wait for `docker info`. Used by .ci/run and `make docker`.
 set -euo pipefail
 
@@ -8,8 +8,9 @@ log=${MLGATE_DOCKERD_LOG:-/var/log/mlgate-dockerd.log}
 sudo_cmd=()
 [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
 
-if ! command -v docker >/dev/null 2>&1; then
-  echo "ensure-docker: installing docker.io"
+# A docker CLI alone (e.g. a static client in /usr/local/bin) is not an engine: look for dockerd.
+if ! command -v dockerd >/dev/null 2>&1; then
+  echo "ensure-docker: no dockerd here, installing docker.io"
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq docker.io >/dev/null
 fi
