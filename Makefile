@@ -9,7 +9,7 @@ PYTEST := $(VENV)/bin/pytest
 RUFF   := $(VENV)/bin/ruff
 STAMP  := $(VENV)/.requirements.stamp
 REQS   := $(wildcard requirements/*.txt)
-PY_SRC := api model bench tests/unit tests/e2e
+PY_SRC := api model bench tests/unit tests/e2e tests/remote
 ANSIBLE_PLAYBOOK := $(VENV)/bin/ansible-playbook
 # Extra ansible-playbook arguments, e.g. make start-project ARGS="-e mlgate_https_port=8443"
 ARGS ?=
@@ -17,7 +17,7 @@ ARGS ?=
 STACK ?= mlgate
 
 .PHONY: help venv collections model retrain unit e2e molecule lint docs bench-api bench chaos test \
-        start-project stop-project status logs clean docker
+        start-project stop-project status logs clean docker tools
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) \
@@ -68,6 +68,9 @@ collections: $(STAMP) ## install the pinned Ansible collections (none when the a
 docker: ## make sure a Docker engine runs here (installs docker.io, starts dockerd)
 	scripts/ensure-docker.sh
 
+tools: ## install the Debian packages the tests call (debootstrap, wrk, testssl.sh, slowhttptest), then `docker`
+	scripts/ensure-tools.sh
+
 start-project: venv collections ## deploy the whole stack with playbooks/site.yml (ARGS=... for extra options)
 	$(ANSIBLE_PLAYBOOK) playbooks/site.yml $(ARGS)
 
@@ -104,4 +107,4 @@ molecule: venv collections ## molecule test of each role alone and of the whole 
 	done; \
 	printf "molecule: durations\n$$report  total $$(( $$(date +%s) - all )) s\n"
 
-test: lint unit molecule ## everything CI runs: lint, unit tests, every molecule scenario
+test: tools lint unit molecule ## everything CI runs: host tools, lint, unit tests, every molecule scenario
