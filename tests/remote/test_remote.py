@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -147,10 +148,10 @@ def test_losing_a_whole_api_node_loses_no_requests(remote: Remote) -> None:
     with Load(remote) as load:
         time.sleep(4)
         killed_at = time.monotonic()
-        on_host_kill = __import__("subprocess").run(
+        kill = subprocess.run(
             ["docker", "kill", victim], capture_output=True, text=True, check=False
         )
-        assert on_host_kill.returncode == 0, on_host_kill.stderr
+        assert kill.returncode == 0, kill.stderr
         time.sleep(20)
     print(f"\nnode {victim} powered off: {load.sent} requests, failed {load.failed()}")
     assert load.failed() == {"by_status": {}, "transport": 0}, load.errors[:5]
