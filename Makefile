@@ -93,18 +93,13 @@ e2e: venv collections ## end-to-end tests: deploy a throwaway stack (mlgate-e2e)
 	$(PYTEST) tests/e2e
 
 # Molecule scenarios (molecule/<name>/), cheapest first so a failure stops early.
-# `make molecule SCENARIOS="certs nginx"` runs some of them.
+# `make molecule SCENARIOS="certs nginx"` runs some of them. The scenarios in
+# MOLECULE_BACKGROUND (remote: its own hosts, network and ports) run alongside the others once
+# `api` has passed; MOLECULE_BACKGROUND= runs everything in turn (scripts/run-molecule.sh).
 SCENARIOS ?= docker_host certs htpasswd api nginx monitoring default remote
+MOLECULE_BACKGROUND ?= remote
 
-molecule: venv collections ## molecule test of each role alone and of the whole site (e2e suite as verifier)
-	@export PATH="$(CURDIR)/$(VENV)/bin:$$PATH"; all=$$(date +%s); report=""; \
-	for s in $(SCENARIOS); do \
-	  start=$$(date +%s); \
-	  if ! molecule test -s $$s; then \
-	    echo "molecule: $$s FAILED after $$(( $$(date +%s) - start )) s"; exit 1; \
-	  fi; \
-	  report="$$report  $$s $$(( $$(date +%s) - start )) s\n"; \
-	done; \
-	printf "molecule: durations\n$$report  total $$(( $$(date +%s) - all )) s\n"
+molecule: venv collections ## molecule test of each scenario (remote alongside the others), with durations
+	MOLECULE_BACKGROUND="$(MOLECULE_BACKGROUND)" scripts/run-molecule.sh $(SCENARIOS)
 
 test: tools lint unit molecule ## everything CI runs: host tools, lint, unit tests, every molecule scenario
