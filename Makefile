@@ -27,9 +27,11 @@ venv: $(STAMP) ## create/update .venv from requirements/dev.txt, .venv/sslyze (o
 
 $(STAMP): $(REQS)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install --disable-pip-version-check -q -r requirements/dev.txt
 	test -x $(VENV)/sslyze/bin/python || python3 -m venv $(VENV)/sslyze
-	$(VENV)/sslyze/bin/pip install --disable-pip-version-check -q -r requirements/sslyze.txt
+	@# the two installs at once: most of their time is waiting for downloads
+	$(VENV)/sslyze/bin/pip install --disable-pip-version-check -q -r requirements/sslyze.txt & sslyze=$$!; \
+	  $(PIP) install --disable-pip-version-check -q -r requirements/dev.txt; dev=$$?; \
+	  wait $$sslyze && exit $$dev
 	touch $@
 
 model: $(STAMP) ## train the model unless model/artifacts is up to date
@@ -94,12 +96,13 @@ e2e: venv collections ## end-to-end tests: deploy a throwaway stack (mlgate-e2e)
 
 # Molecule scenarios (molecule/<name>/), cheapest first so a failure stops early.
 # `make molecule SCENARIOS="certs nginx"` runs some of them. The scenarios in
-# MOLECULE_BACKGROUND (remote: its own hosts, network and ports) run alongside the others once
-# `api` has passed; MOLECULE_BACKGROUND= runs everything in turn (scripts/run-molecule.sh).
+# MOLECULE_BACKGROUND run in turn in a second lane, alongside the others, once `api` has passed
+# (each scenario has its own stack, network and ports); MOLECULE_BACKGROUND= runs everything in
+# turn (scripts/run-molecule.sh).
 SCENARIOS ?= docker_host certs htpasswd api nginx monitoring default remote
-MOLECULE_BACKGROUND ?= remote
+MOLECULE_BACKGROUND ?= remote monitoring
 
-molecule: venv collections ## molecule test of each scenario (remote alongside the others), with durations
+molecule: venv collections ## molecule test of each scenario (two lanes), with durations
 	MOLECULE_BACKGROUND="$(MOLECULE_BACKGROUND)" scripts/run-molecule.sh $(SCENARIOS)
 
 test: tools lint unit molecule ## everything CI runs: host tools, lint, unit tests, every molecule scenario

@@ -226,13 +226,21 @@ def test_rolling_model_update_loses_no_requests(stack: Stack, pacer) -> None:
     assert set(load.statuses) == {200}, load.statuses
 
 
-def test_gateway_reload_under_load_loses_no_requests(stack: Stack, pacer) -> None:
+def test_gateway_config_change_is_a_reload_under_load_losing_no_requests(
+    stack: Stack, pacer
+) -> None:
+    """A rate-limit change, then its undo, each applied by a reload (not a restart) while a
+    paced client keeps sending: the new limit is live in between, and no request fails."""
+    nginx = docker.from_env().containers.get(f"{stack.name}-nginx")
+    started = nginx.attrs["State"]["StartedAt"]
+    conf = Path(f"/opt/mlgate/{stack.name}/nginx/conf/nginx.conf")
     pacer.refill()
     load = SteadyLoad(stack)
     load.start()
     try:
         time.sleep(1)
         changed = run_playbook("site.yml", "--tags", "nginx", "-e", "nginx_rate_limit_burst=30")
+        live_during = conf.read_text()
         time.sleep(1)
         restored = run_playbook("site.yml", "--tags", "nginx")
         time.sleep(1)
@@ -240,8 +248,13 @@ def test_gateway_reload_under_load_loses_no_requests(stack: Stack, pacer) -> Non
         load.stop()
         pacer.refill()
     print(f"two gateway reloads: {load.report()}")
-    assert changed.returncode == 0 and restored.returncode == 0
+    assert changed.returncode == 0, changed.stdout[-3000:]
+    assert restored.returncode == 0, restored.stdout[-3000:]
     assert "RUNNING HANDLER [nginx : Reload nginx]" in changed.stdout
     assert "RUNNING HANDLER [nginx : Reload nginx]" in restored.stdout
+    assert "burst=30" in live_during
+    assert "burst=20" in conf.read_text()
+    nginx.reload()
+    assert nginx.attrs["State"]["StartedAt"] == started, "nginx was restarted, not reloaded"
     assert load.errors == []
     assert set(load.statuses) == {200}, load.statuses
