@@ -9,6 +9,7 @@ on the same host is never touched. Environment knobs for development:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import ssl
@@ -19,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker
 import httpx
 import pytest
 import yaml
@@ -53,6 +55,14 @@ def recap(output: str) -> dict[str, int]:
     match = re.search(r"^\S+\s+:\s+(ok=.*)$", output.split("PLAY RECAP")[-1], re.MULTILINE)
     assert match, f"no PLAY RECAP in output:\n{output[-3000:]}"
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
+
+
+def gateway_log(name: str, since: float) -> list[dict]:
+    """The gateway's JSON access log records since a time (epoch seconds). nginx writes the
+    log with a 1 s flush: wait ~1.5 s after the requests of interest."""
+    nginx = docker.from_env().containers.get(f"{name}-nginx")
+    logs = nginx.logs(stdout=True, stderr=False, since=int(since)).decode(errors="replace")
+    return [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
 
 
 @dataclass

@@ -1,64 +1,32 @@
 """Zero-failure checks under steady load: a crashed replica, a rolling model update, reloads.
 
 The load stays under the gateway's rate limit (8 r/s from one client), so every failure
-counted here is a real one: any status but 200, or a transport error.
+counted here is a real one: any status but 200, or a transport error. The client retries a
+request once only where browsers and Go's HTTP client do (tests/loadgen.py: a reused keep-alive
+connection closed before any byte of the answer); retries are counted, and allowed only where
+the event closes client connections (a gateway reload closes idle keep-alive connections).
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import shutil
 import signal
-import ssl
-import threading
 import time
 from pathlib import Path
 
 import docker
-import httpx
+
+from model.dataset import resolve_dataset_path
+from tests.loadgen import PacedLoad
 
 from .conftest import ROOT, Stack, run_playbook, stack_settings
 
 
-class SteadyLoad(threading.Thread):
-    """POST /predict at a fixed rate on one keep-alive connection until stopped."""
-
-    def __init__(self, stack: Stack, rate: float = 8.0) -> None:
-        super().__init__(daemon=True)
-        self.stack, self.interval = stack, 1.0 / rate
-        self.stopping = threading.Event()
-        self.statuses: collections.Counter = collections.Counter()
-        self.errors: list[str] = []
-        self.seen: list[tuple[float, str]] = []  # (time, replica)
-        self.builds: list[str] = []  # X-Mlgate-Build of every 200 (the code rollout's marker)
-
-    def run(self) -> None:
-        auth = (self.stack.user, self.stack.password)
-        tls = ssl.create_default_context(cafile=str(self.stack.ca))
-        with httpx.Client(base_url=self.stack.https, verify=tls, timeout=15) as c:
-            next_at = time.monotonic()
-            while not self.stopping.is_set():
-                try:
-                    r = c.post("/predict", json={"sentence": "steady load"}, auth=auth)
-                    self.statuses[r.status_code] += 1
-                    self.seen.append((time.monotonic(), r.headers.get("x-mlgate-replica", "")))
-                    if r.status_code == 200:
-                        self.builds.append(r.headers.get("x-mlgate-build", ""))
-                except httpx.HTTPError as exc:
-                    self.errors.append(repr(exc))
-                next_at += self.interval
-                time.sleep(max(0.0, next_at - time.monotonic()))
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join(30)
-
-    def report(self) -> str:
-        sent = sum(self.statuses.values()) + len(self.errors)
-        failed = {s: n for s, n in self.statuses.items() if s != 200}
-        return f"sent {sent}, failed by status {failed}, transport errors {len(self.errors)}"
+def steady_load(stack: Stack) -> PacedLoad:
+    """8 r/s of POST /predict through the gateway, on one keep-alive connection."""
+    return PacedLoad(stack.https, ca=str(stack.ca), auth=(stack.user, stack.password))
 
 
 def _health(container) -> str:
@@ -86,7 +54,7 @@ def test_crashed_replica_loses_no_requests_and_comes_back(stack: Stack, pacer) -
     victim = engine.containers.get(f"{stack.name}-api-v1-2")
     restarts, pid = victim.attrs["RestartCount"], victim.attrs["State"]["Pid"]
     pacer.refill()
-    load = SteadyLoad(stack)
+    load = steady_load(stack)
     load.start()
     try:
         time.sleep(2)
@@ -110,8 +78,7 @@ def test_crashed_replica_loses_no_requests_and_comes_back(stack: Stack, pacer) -
         pacer.refill()
     print(f"replica crash: {load.report()}")
     assert any(t > back_at and r == victim.name for t, r in load.seen), "restarted replica unused"
-    assert load.errors == []
-    assert set(load.statuses) == {200}, load.statuses
+    load.assert_no_failure()
 
 
 CODE_MARKER_ANCHOR = '(b"x-mlgate-variant", variant.encode()),'
@@ -131,13 +98,29 @@ def _build_marker_of(container, port: int) -> str:
     return out.decode().strip()
 
 
-def test_rolling_code_update_loses_no_requests(stack: Stack, pacer, tmp_path: Path) -> None:
-    """A real code change (every response gains an ``X-Mlgate-Build`` header), deployed from a
-    copy of the sources with ``-e api_source_dir`` under steady load: 0 failed requests.
+def _health_of(container, port: int) -> dict:
+    """The replica's own /health answer, from inside the network."""
+    code, out = container.exec_run(
+        [
+            "python",
+            "-c",
+            f"import urllib.request; print(urllib.request.urlopen("
+            f"'http://127.0.0.1:{port}/health').read().decode())",
+        ]
+    )
+    assert code == 0, out
+    return json.loads(out)
 
-    The next test, the rolling model update, deploys the checkout's code again (and checks it
-    did); run alone, this one leaves every replica on the same harmless code until the next
-    deployment from the checkout."""
+
+def test_rolling_code_and_model_update_loses_no_requests(
+    stack: Stack, pacer, tmp_path: Path
+) -> None:
+    """A real code change (every response gains an ``X-Mlgate-Build`` header) and a new model
+    version (``api_model_revision``), deployed together from a copy of the sources with
+    ``-e api_source_dir`` under steady load: 0 failed requests, one replica at a time, old and
+    new serving side by side, then every replica, v2 included, on the new image, code and
+    model. (A model-only rollout across a fleet: tests/remote.) Afterwards every replica keeps
+    the same harmless code until the next deployment from the checkout."""
     src = tmp_path / "src"
     shutil.copytree(ROOT / "api", src / "api", ignore=shutil.ignore_patterns("__pycache__"))
     (src / "model").mkdir()
@@ -153,26 +136,30 @@ def test_rolling_code_update_loses_no_requests(stack: Stack, pacer, tmp_path: Pa
     )
     settings = stack_settings()
     port = settings.get("mlgate_api_port", 8000)
-    # same model (the stack's own model directory, not retrained): only the code changes
-    model = [] if "api_model_dir" in settings else ["-e", f"api_model_dir={ROOT}/model/artifacts"]
+    card = ROOT / ".mlgate" / stack.name / "model" / "model_card.json"
+    assert "api_model_dir" in settings, "the stack needs its own model directory"
+    model_before = json.loads(card.read_text())["version"]
     before = {c.name: c.image.id for c in _api_containers(stack)}
     assert len(before) == 3 + 1
 
     pacer.refill()
-    load = SteadyLoad(stack)
+    load = steady_load(stack)
     load.start()
     started = time.monotonic()
     try:
         run = run_playbook(
-            "site.yml", "--tags", "api",
-            "-e", f"api_source_dir={src}", "-e", '{"api_train_model": false}', *model,
+            "site.yml", "--tags", "api", "-e", f"api_source_dir={src}",
+            "-e", f"api_dataset={resolve_dataset_path()}",
+            "-e", f"api_model_revision=e2e-{time.time_ns()}",
         )  # fmt: skip
     finally:
         took = time.monotonic() - started
         load.stop()
         pacer.refill()
-    print(f"rolling code update ({took:.0f} s): {load.report()}")
+    print(f"rolling code and model update ({took:.0f} s): {load.report()}")
     assert run.returncode == 0, run.stdout[-4000:]
+    model_after = json.loads(card.read_text())["version"]
+    assert model_after != model_before
     replicas = _api_containers(stack)
     images = {c.name: c.image.id for c in replicas}
     assert images.keys() == before.keys()
@@ -180,62 +167,30 @@ def test_rolling_code_update_loses_no_requests(stack: Stack, pacer, tmp_path: Pa
     assert set(images.values()).isdisjoint(before.values()), "no new image"
     for c in replicas:
         assert _build_marker_of(c, port) == marker, c.name
+        assert _health_of(c, port)["model_version"] == model_after, c.name
     _assert_replaced_one_at_a_time(replicas)
     # through the gateway: old code, then both (one replica at a time), then only the new code
     first_new = load.builds.index(marker)
     assert "" in load.builds[first_new:], "never saw old and new code serving side by side"
     assert load.builds[-8:] == [marker] * 8, load.builds[-8:]
-    assert load.errors == []
-    assert set(load.statuses) == {200}, load.statuses
-
-
-def test_rolling_model_update_loses_no_requests(stack: Stack, pacer) -> None:
-    card = ROOT / ".mlgate" / stack.name / "model" / "model_card.json"
-    before = json.loads(card.read_text())["version"]
-    pacer.refill()
-    load = SteadyLoad(stack)
-    load.start()
-    try:
-        run = run_playbook(
-            "site.yml", "--tags", "api", "-e", f"api_model_revision=e2e-{time.time_ns()}"
-        )
-    finally:
-        load.stop()
-        pacer.refill()
-    print(f"rolling update: {load.report()}")
-    assert run.returncode == 0, run.stdout[-4000:]
-    after = json.loads(card.read_text())["version"]
-    assert after != before
-    replicas = _api_containers(stack)
-    assert len(replicas) == 3 + 1
-    port = stack_settings().get("mlgate_api_port", 8000)
-    for c in replicas:
-        code, out = c.exec_run(
-            [
-                "python",
-                "-c",
-                f"import urllib.request; print(urllib.request.urlopen("
-                f"'http://127.0.0.1:{port}/health').read().decode())",
-            ]
-        )
-        assert code == 0, out
-        assert json.loads(out)["model_version"] == after, c.name
-        assert _build_marker_of(c, port) == "", f"{c.name} does not run the checkout's code"
-    _assert_replaced_one_at_a_time(replicas)
-    assert load.errors == []
-    assert set(load.statuses) == {200}, load.statuses
+    load.assert_no_failure()
 
 
 def test_gateway_config_change_is_a_reload_under_load_losing_no_requests(
     stack: Stack, pacer
 ) -> None:
     """A rate-limit change, then its undo, each applied by a reload (not a restart) while a
-    paced client keeps sending: the new limit is live in between, and no request fails."""
+    paced client keeps sending: the new limit is live in between, and no request fails.
+
+    A reload makes the old workers close their idle keep-alive connections; a request written
+    on one at that instant finds it closed before any answer (HTTP/1.1 has no way to warn the
+    client). The client retries it once, as browsers do: at most one such retry per reload,
+    since the client holds one connection, and every request ends in a 200."""
     nginx = docker.from_env().containers.get(f"{stack.name}-nginx")
     started = nginx.attrs["State"]["StartedAt"]
     conf = Path(f"/opt/mlgate/{stack.name}/nginx/conf/nginx.conf")
     pacer.refill()
-    load = SteadyLoad(stack)
+    load = steady_load(stack)
     load.start()
     try:
         time.sleep(1)
@@ -256,5 +211,4 @@ def test_gateway_config_change_is_a_reload_under_load_losing_no_requests(
     assert "burst=20" in conf.read_text()
     nginx.reload()
     assert nginx.attrs["State"]["StartedAt"] == started, "nginx was restarted, not reloaded"
-    assert load.errors == []
-    assert set(load.statuses) == {200}, load.statuses
+    load.assert_no_failure(max_retried=2)

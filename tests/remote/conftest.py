@@ -15,12 +15,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.loadgen import PacedLoad
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,6 +73,16 @@ class Remote:
     def node_of(self, replica: str) -> str:
         return next(i["node"] for i in self.instances if i["name"] == replica)
 
+    def load(self) -> PacedLoad:
+        """8 r/s of POST /predict through the gateway, on one keep-alive connection."""
+        return PacedLoad(
+            self.cfg["https"],
+            ca=str(Path(self.cfg["controller_dir"]) / "ca.crt"),
+            auth=("mlgate", self.password),
+            sentence="load through a fleet",
+            timeout=30,
+        )
+
     def predict(self, sentence: str = "what a lovely day", **kw) -> httpx.Response:
         """POST /predict with the generated credentials, paced under the 10 r/s rate limit."""
         with self._lock:
@@ -82,45 +93,6 @@ class Remote:
         return self.client.post(
             "/predict", json={"sentence": sentence}, auth=("mlgate", self.password), **kw
         )
-
-
-class Load:
-    """Paced /predict traffic in a thread; counts answers by status and transport errors."""
-
-    def __init__(self, remote: Remote) -> None:
-        self.remote = remote
-        self.statuses: Counter = Counter()
-        self.errors: list[str] = []
-        self.replicas: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                answer = self.remote.predict("load through a fleet")
-                self.statuses[answer.status_code] += 1
-                self.replicas.append((time.monotonic(), answer.headers.get("x-mlgate-replica", "")))
-            except httpx.HTTPError as exc:
-                self.errors.append(f"{type(exc).__name__}: {exc}")
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-    @property
-    def sent(self) -> int:
-        return sum(self.statuses.values()) + len(self.errors)
-
-    def failed(self) -> dict:
-        return {
-            "by_status": {s: n for s, n in self.statuses.items() if s != 200},
-            "transport": len(self.errors),
-        }
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.remote.conftest import Load, Remote, on_host, run_site
+from tests.remote.conftest import Remote, on_host, run_site
 
 
 def containers_on(host: str) -> dict[str, str]:
@@ -109,12 +109,12 @@ def test_prometheus_scrapes_every_replica_on_every_node(remote: Remote) -> None:
 
 def test_rolling_update_replaces_one_replica_at_a_time_across_the_fleet(remote: Remote) -> None:
     revision = f"fleet-{uuid.uuid4().hex[:8]}"
-    with Load(remote) as load:
-        done = run_site(remote.cfg, "-e", f"api_model_revision={revision}")
+    with remote.load() as load:
+        done = run_site(remote.cfg, "--tags", "api", "-e", f"api_model_revision={revision}")
     assert done.returncode == 0, done.stdout[-6000:]
-    print(f"\nfleet rolling update: {load.sent} requests, failed {load.failed()}")
+    print(f"\nfleet rolling update: {load.report()}")
     assert load.sent > 50
-    assert load.failed() == {"by_status": {}, "transport": 0}, load.errors[:5]
+    load.assert_no_failure()
     # Replaced one at a time: the API play is serial per node and each node waits for a healthy
     # replica before the next; so the replicas restarted in inventory order, never together.
     starts = []
@@ -145,16 +145,23 @@ def test_rolling_update_replaces_one_replica_at_a_time_across_the_fleet(remote: 
 
 def test_losing_a_whole_api_node_loses_no_requests(remote: Remote) -> None:
     victim = remote.cfg["api_nodes"][-1]
-    with Load(remote) as load:
+    with remote.load() as load:
         time.sleep(4)
         killed_at = time.monotonic()
         kill = subprocess.run(
             ["docker", "kill", victim], capture_output=True, text=True, check=False
         )
         assert kill.returncode == 0, kill.stderr
-        time.sleep(20)
-    print(f"\nnode {victim} powered off: {load.sent} requests, failed {load.failed()}")
-    assert load.failed() == {"by_status": {}, "transport": 0}, load.errors[:5]
-    after = [r for t, r in load.replicas if t > killed_at + 12]
-    assert len(after) > 20
+        # Requests caught on the dead node wait for nginx's read timeout (10 s) and are retried
+        # elsewhere; from 12 s on, count answers (not seconds: a busy machine answers fewer).
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            after = [r for t, r in list(load.seen) if t > killed_at + 12]
+            if len(after) >= 24:
+                break
+            time.sleep(0.5)
+    print(f"\nnode {victim} powered off: {load.report()}")
+    load.assert_no_failure()
+    after = [r for t, r in load.seen if t > killed_at + 12]
+    assert len(after) >= 24, f"only {len(after)} answers from 12 s after the node died on"
     assert {remote.node_of(r) for r in after} == set(remote.cfg["api_nodes"]) - {victim}
