@@ -17,7 +17,7 @@ ARGS ?=
 STACK ?= mlgate
 
 .PHONY: help venv collections model retrain unit e2e molecule lint docs bench-api bench chaos test \
-        start-project stop-project status logs clean docker tools
+        start-project stop-project status logs clean docker tools stress
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) \
@@ -70,7 +70,7 @@ collections: $(STAMP) ## install the pinned Ansible collections (none when the a
 docker: ## make sure a Docker engine runs here (installs docker.io, starts dockerd)
 	scripts/ensure-docker.sh
 
-tools: ## install the Debian packages the tests call (debootstrap, wrk, testssl.sh, slowhttptest), then `docker`
+tools: ## install the Debian packages the tests call (debootstrap, wrk, testssl.sh), then `docker`
 	scripts/ensure-tools.sh
 
 start-project: venv collections ## deploy the whole stack with playbooks/site.yml (ARGS=... for extra options)
@@ -106,3 +106,6 @@ molecule: venv collections ## molecule test of each scenario (two lanes), with d
 	MOLECULE_BACKGROUND="$(MOLECULE_BACKGROUND)" scripts/run-molecule.sh $(SCENARIOS)
 
 test: tools lint unit molecule ## everything CI runs: host tools, lint, unit tests, every molecule scenario
+
+stress: ## `make test` in fresh clones, caches removed, one core busy (stress-ng), RUNS times in a row
+	scripts/stress-test.sh $(or $(RUNS),1)

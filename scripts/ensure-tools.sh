@@ -5,12 +5,11 @@
 #   debootstrap            base image when no registry is reachable (docker_host role)
 #   wrk                    load for `make bench` and `make bench-api`
 #   testssl.sh             TLS scan in the e2e suite
-#   slowhttptest           slow-client attacks in the e2e suite and `make chaos`
 #   curl openssl make git  used by the scripts and the README's examples
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(debootstrap wrk testssl.sh slowhttptest curl openssl make git)
+packages=(debootstrap wrk testssl.sh curl openssl make git)
 sudo_cmd=()
 [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo -n)
 
