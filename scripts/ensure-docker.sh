@@ -23,7 +23,8 @@ if [ -d /run/systemd/system ]; then
   "${sudo_cmd[@]}" systemctl start docker
 else
   echo "ensure-docker: starting dockerd in the background (log: $log)"
-  "${sudo_cmd[@]}" sh -c "nohup dockerd >>'$log' 2>&1 </dev/null &"
+  # its own session: a hang-up of this shell's session must not reach dockerd's docker-proxy children
+  "${sudo_cmd[@]}" setsid -f sh -c "exec dockerd >>'$log' 2>&1 </dev/null"
 fi
 
 for _ in $(seq 60); do

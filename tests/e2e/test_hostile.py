@@ -85,9 +85,12 @@ def test_password_guessing_burst_is_rate_limited_then_service_recovers(
     ]
     elapsed = time.monotonic() - start
     assert set(statuses) <= {401, 429}, statuses
-    # only the burst (20 + 1) and what the 10 r/s rate refills meanwhile ever reach auth
-    assert statuses.count(401) <= 21 + int(elapsed * 10), (statuses.count(401), elapsed)
-    assert statuses.count(429) > 0
+    # only the burst (20 + 1) and what the 10 r/s rate refills meanwhile ever reach auth; the
+    # requests are sequential, so nginx saw them within the client's `elapsed`: every other
+    # guess is refused before its password is even looked at
+    reached_auth = 21 + int(elapsed * 10)
+    assert statuses.count(401) <= reached_auth, (statuses.count(401), elapsed)
+    assert statuses.count(429) >= 60 - reached_auth, (statuses.count(429), elapsed)
     pacer.refill()
     assert predict().status_code == 200
 

@@ -90,21 +90,43 @@ def test_traffic_reaches_replicas_on_every_node(remote: Remote) -> None:
 
 
 def test_prometheus_scrapes_every_replica_on_every_node(remote: Remote) -> None:
+    """Every replica on every node is an `up` target. Waiting covers the first scrapes (and
+    Prometheus still starting); a Prometheus that crashed meanwhile fails the test (its
+    restart count), with its state and last log lines."""
+    gateway, stack = remote.cfg["gateway"], remote.cfg["stack"]
     url = "http://127.0.0.1:9090/api/v1/targets?state=active"
     query = (
         "import json, urllib.request; print(json.dumps(json.load(urllib.request.urlopen("
         f"'{url}', timeout=5))['data']['activeTargets']))"
     )
     wanted = {i["endpoint"] for i in remote.instances}
-    deadline = time.monotonic() + 60
-    while True:
-        targets = json.loads(on_host(remote.cfg["gateway"], "python3", "-c", query))
-        api = {t["labels"]["instance"]: t["health"] for t in targets if t["labels"]["job"] == "api"}
-        if (set(api) == wanted and set(api.values()) == {"up"}) or time.monotonic() > deadline:
-            break
+    api: dict[str, str] = {}
+    refused = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        done = subprocess.run(
+            ["docker", "exec", gateway, "python3", "-c", query],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            refused.append(done.stderr.strip().splitlines()[-1:])
+        else:
+            targets = json.loads(done.stdout)
+            api = {
+                t["labels"]["instance"]: t["health"] for t in targets if t["labels"]["job"] == "api"
+            }
+            if set(api) == wanted and set(api.values()) == {"up"}:
+                break
         time.sleep(3)
-    assert set(api) == wanted
-    assert set(api.values()) == {"up"}, api
+    state = json.loads(on_host(gateway, "docker", "inspect", f"{stack}-prometheus"))[0]
+    logs = on_host(gateway, "sh", "-c", f"docker logs --tail 20 {stack}-prometheus 2>&1")
+    context = (
+        f"Prometheus {state['State']}, restarts {state['RestartCount']}, unanswered queries "
+        f"{refused[-3:]}; logs: {logs}"
+    )
+    assert state["RestartCount"] == 0 and state["State"]["Running"], context
+    assert set(api) == wanted, context
+    assert set(api.values()) == {"up"}, (api, context)
 
 
 def test_rolling_update_replaces_one_replica_at_a_time_across_the_fleet(remote: Remote) -> None:

@@ -38,7 +38,7 @@ ssh-keygen -A
 mkdir -p /run/sshd
 /usr/sbin/sshd -e
 
-# Reap orphans (dockerd started with nohup ends up here) and stop on SIGTERM.
+# Reap orphans (dockerd, started in a session of its own, ends up here) and stop on SIGTERM.
 trap 'exit 0' TERM INT
 while true; do
   sleep 3600 &
