@@ -94,18 +94,20 @@ clean: venv ## stop-project, then also remove volumes, certs, credentials, targe
 e2e: venv collections ## end-to-end tests: deploy a throwaway stack (mlgate-e2e), test it, remove it
 	$(PYTEST) tests/e2e
 
-# Molecule scenarios (molecule/<name>/), cheapest first so a failure stops early.
-# `make molecule SCENARIOS="certs nginx"` runs some of them. The scenarios in
-# MOLECULE_BACKGROUND run in turn in a second lane, alongside the others, once `api` has passed
-# (each scenario has its own stack, network and ports); MOLECULE_BACKGROUND= runs everything in
-# turn (scripts/run-molecule.sh).
+# Molecule scenarios (molecule/<name>/). `make molecule SCENARIOS="certs nginx"` runs some of
+# them. They run in MOLECULE_LANES, lanes side by side separated by `|`, each lane in turn;
+# `name@dep` waits until dep has passed (scripts/run-molecule.sh). MOLECULE_LANES= runs every
+# scenario in turn, in one lane.
 SCENARIOS ?= docker_host certs htpasswd api nginx monitoring default remote
-MOLECULE_BACKGROUND ?= remote monitoring
+MOLECULE_LANES ?= docker_host api default | certs htpasswd monitoring@api nginx@api | remote@api
 
-molecule: venv collections ## molecule test of each scenario (two lanes), with durations
-	MOLECULE_BACKGROUND="$(MOLECULE_BACKGROUND)" scripts/run-molecule.sh $(SCENARIOS)
+molecule: venv collections ## molecule test of each scenario (three lanes), with durations
+	MOLECULE_LANES="$(MOLECULE_LANES)" scripts/run-molecule.sh $(SCENARIOS)
 
-test: tools lint unit molecule ## everything CI runs: host tools, lint, unit tests, every molecule scenario
+# lint and unit at once (--output-sync: each one's output in one piece), then molecule
+test: tools venv collections ## everything CI runs: host tools, lint, unit tests, every molecule scenario
+	$(MAKE) --no-print-directory -j2 --output-sync=target lint unit
+	$(MAKE) --no-print-directory molecule
 
 stress: ## `make test` in fresh clones, caches removed, one core busy (stress-ng), RUNS times in a row
 	scripts/stress-test.sh $(or $(RUNS),1)

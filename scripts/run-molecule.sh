@@ -1,82 +1,126 @@
 #!/usr/bin/env bash
-# `make molecule`: `molecule test -s <scenario>` for each scenario given, in order, stopping at
-# the first failure, then the duration of each.
+# `make molecule`: `molecule test -s <scenario>` for each scenario given, in lanes that run side
+# by side, then the duration of each scenario.
 #
-# Two lanes. The scenarios named in MOLECULE_BACKGROUND (default: remote monitoring) run in a
-# second lane, one after the other in that order, alongside the first. That lane starts
-# once the scenario in MOLECULE_BACKGROUND_AFTER (default: api) has passed: by then the caches
-# every scenario shares exist (base image, wheelhouse, model), so no two scenarios build them at
-# once. Every scenario has its own stack, network, ports (and remote its own hosts), so the
-# lanes never touch each other's containers. The second lane's output goes to
-# .mlgate/molecule-logs/<scenario>.log and is printed when the first lane is done.
-# MOLECULE_BACKGROUND= runs everything in turn.
+# MOLECULE_LANES lists the lanes, separated by `|`; a lane's scenarios run one after the other
+# and the lane stops at its first failure. `name@dep` waits until scenario `dep` has passed
+# (and is not run if `dep` failed or was not reached). Default:
+#   docker_host api default | certs htpasswd monitoring@api nginx@api | remote@api
+# The `@api` waits keep every scenario that deploys the API from building the caches they all
+# share (base image, wheelhouse, model) at the same time: `api` builds them first. Every
+# scenario has its own stack, network and ports (and remote its own hosts), so the lanes never
+# touch each other's containers. The first lane prints as it goes; the other lanes' output goes
+# to .mlgate/molecule-logs/<scenario>.log and is printed when every lane is done.
+# Scenarios given but named in no lane run at the end of the first lane; a `@dep` that is not
+# part of this run is not waited for. MOLECULE_LANES= runs every scenario in turn, in one lane.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 molecule=${MOLECULE:-molecule} # the command (tests of this script use a stand-in)
-
-read -r -a wanted_bg <<<"${MOLECULE_BACKGROUND-remote monitoring}"
-after=${MOLECULE_BACKGROUND_AFTER-api}
-logs=.mlgate/molecule-logs
+lanes_spec=${MOLECULE_LANES-docker_host api default | certs htpasswd monitoring@api nginx@api | remote@api}
+logs=${MOLECULE_LOGS:-.mlgate/molecule-logs} # (tests of this script use their own)
 mkdir -p "$logs"
+rm -f "$logs"/*.rc "$logs"/*.took "$logs"/*.lane-done "$logs"/*.skipped
 all=$(date +%s)
-report=""
-failed=""
-lane_pid=""
 
-# The second lane: the MOLECULE_BACKGROUND scenarios that are part of this run, in that order.
-lane=()
-for s in "${wanted_bg[@]}"; do
-  [[ " $* " == *" $s "* ]] && lane+=("$s")
+# The lanes, keeping only the scenarios of this run; lane_of[scenario] = its lane's index.
+declare -A lane_of=()
+lanes=()
+IFS='|' read -r -a specs <<<"$lanes_spec"
+for spec in "${specs[@]}"; do
+  lane=""
+  for item in $spec; do
+    [[ " $* " == *" ${item%%@*} "* ]] || continue
+    lane+="$item "
+    lane_of[${item%%@*}]=${#lanes[@]}
+  done
+  [[ -n "$lane" ]] && lanes+=("$lane")
 done
+rest=""
+for s in "$@"; do
+  [[ -n "${lane_of[$s]+x}" ]] || rest+="$s "
+done
+if [[ -n "$rest" ]]; then
+  if [[ ${#lanes[@]} -eq 0 ]]; then lanes=("$rest"); else lanes[0]+="$rest"; fi
+fi
 
-start_lane() {
-  [[ ${#lane[@]} -gt 0 && -z "$lane_pid" ]] || return 0
-  rm -f "$logs"/*.rc "$logs"/*.took
-  (
-    for s in "${lane[@]}"; do
-      start=$(date +%s)
-      "$molecule" test -s "$s" </dev/null >"$logs/$s.log" 2>&1
-      rc=$?
-      echo "$rc" >"$logs/$s.rc"
-      echo $(($(date +%s) - start)) >"$logs/$s.took"
-      [[ "$rc" == 0 ]] || exit 1
-    done
-  ) &
-  lane_pid=$!
-  echo "molecule: started ${lane[*]} in a second lane (logs: $logs/<scenario>.log)"
+# Wait until scenario $1 has a result; succeed only if it passed. A scenario that never runs
+# (its lane stopped earlier) counts as not passed once its lane is done.
+wait_for() {
+  local dep=$1
+  while :; do
+    [[ -f "$logs/$dep.rc" ]] && { [[ "$(cat "$logs/$dep.rc")" == 0 ]]; return; }
+    [[ -f "$logs/${lane_of[$dep]}.lane-done" ]] && return 1
+    sleep 2
+  done
 }
 
-# Without the trigger scenario in this run, the second lane starts at once.
-[[ " $* " == *" $after "* ]] || start_lane
-
-for s in "$@"; do
-  [[ " ${lane[*]} " == *" $s "* ]] && continue
-  start=$(date +%s)
-  if ! "$molecule" test -s "$s"; then
-    echo "molecule: $s FAILED after $(($(date +%s) - start)) s"
-    failed=$s
-    break
-  fi
-  report+="  $s $(($(date +%s) - start)) s"$'\n'
-  [[ "$s" == "$after" ]] && start_lane
-done
-
-if [[ -n "$lane_pid" ]]; then
-  echo "molecule: waiting for the second lane (${lane[*]})"
-  wait "$lane_pid"
-  for s in "${lane[@]}"; do
-    [[ -f "$logs/$s.rc" ]] || continue # not reached: an earlier scenario of the lane failed
-    echo "==> molecule: $s (second lane), $logs/$s.log <=="
-    cat "$logs/$s.log"
-    if [[ "$(cat "$logs/$s.rc")" != 0 ]]; then
-      echo "molecule: $s FAILED after $(cat "$logs/$s.took") s"
-      failed=${failed:-$s}
+# Run lane $1: its scenarios in turn; stop at the first failure or failed dependency.
+run_lane() {
+  local i=$1 item s dep start rc
+  for item in ${lanes[$i]}; do
+    s=${item%%@*}
+    dep=""
+    [[ "$item" == *@* ]] && dep=${item#*@}
+    if [[ -n "$dep" && -n "${lane_of[$dep]+x}" ]] && ! wait_for "$dep"; then
+      echo "molecule: $s not run: $dep did not pass"
+      echo "not run: $dep did not pass" >"$logs/$s.skipped"
+      break
+    fi
+    start=$(date +%s)
+    if [[ "$i" == 0 ]]; then
+      "$molecule" test -s "$s" </dev/null
     else
-      report+="  $s $(cat "$logs/$s.took") s (second lane)"$'\n'
+      "$molecule" test -s "$s" </dev/null >"$logs/$s.log" 2>&1
+    fi
+    rc=$?
+    echo $(($(date +%s) - start)) >"$logs/$s.took"
+    echo "$rc" >"$logs/$s.rc"
+    if [[ "$rc" != 0 ]]; then
+      [[ "$i" == 0 ]] && echo "molecule: $s FAILED after $(cat "$logs/$s.took") s"
+      break
     fi
   done
+  touch "$logs/$i.lane-done"
+}
+
+pids=()
+for ((i = 1; i < ${#lanes[@]}; i++)); do
+  run_lane "$i" &
+  pids+=($!)
+  echo "molecule: lane $((i + 1)): ${lanes[$i]}(log: $logs/<scenario>.log)"
+done
+[[ ${#lanes[@]} -gt 0 ]] && run_lane 0
+if [[ ${#pids[@]} -gt 0 ]]; then
+  echo "molecule: waiting for the other lanes"
+  wait "${pids[@]}"
 fi
+
+report=""
+failed=""
+for ((i = 0; i < ${#lanes[@]}; i++)); do
+  where=""
+  [[ "$i" -gt 0 ]] && where=" (lane $((i + 1)))"
+  for item in ${lanes[$i]}; do
+    s=${item%%@*}
+    if [[ "$i" -gt 0 && -f "$logs/$s.log" ]]; then
+      echo "==> molecule: $s$where, $logs/$s.log <=="
+      cat "$logs/$s.log"
+    fi
+    if [[ -f "$logs/$s.skipped" ]]; then
+      failed=${failed:-$s}
+      report+="  $s $(cat "$logs/$s.skipped")$where"$'\n'
+    elif [[ -f "$logs/$s.rc" ]]; then
+      if [[ "$(cat "$logs/$s.rc")" != 0 ]]; then
+        failed=${failed:-$s}
+        [[ "$i" -gt 0 ]] && echo "molecule: $s FAILED after $(cat "$logs/$s.took") s$where"
+        report+="  $s FAILED after $(cat "$logs/$s.took") s$where"$'\n'
+      else
+        report+="  $s $(cat "$logs/$s.took") s$where"$'\n'
+      fi
+    fi
+  done
+done
 
 printf 'molecule: durations\n%s  total %s s\n' "$report" "$(($(date +%s) - all))"
 [[ -z "$failed" ]]

@@ -1,0 +1,113 @@
+"""scripts/run-molecule.sh: lanes side by side, `@dep` waits, failures stop a lane and its
+dependants, durations reported. A stand-in `molecule` records when each scenario ran."""
+
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "run-molecule.sh"
+
+
+@pytest.fixture
+def fake(tmp_path: Path):
+    """A stand-in for `molecule test -s <name>`: appends `start <name> <t>` and `end <name> <t>`
+    to a journal, sleeps SLEEP_<name> seconds (default 0.3), exits 1 for names in FAIL."""
+    journal = tmp_path / "journal"
+    stub = tmp_path / "molecule"
+    stub.write_text(
+        textwrap.dedent(
+            """\
+            #!/usr/bin/env bash
+            name=$3
+            echo "start $name $(date +%s.%N)" >>"$JOURNAL"
+            var="SLEEP_$name"
+            sleep "${!var:-0.3}"
+            echo "end $name $(date +%s.%N)" >>"$JOURNAL"
+            echo "output of $name"
+            [[ " $FAIL " == *" $name "* ]] && exit 1
+            exit 0
+            """
+        )
+    )
+    stub.chmod(0o755)
+
+    def run(*scenarios: str, lanes: str | None = None, fail: str = "", **sleeps: float):
+        env = dict(
+            os.environ,
+            MOLECULE=str(stub),
+            MOLECULE_LOGS=str(tmp_path / "logs"),
+            JOURNAL=str(journal),
+            FAIL=fail,
+        )
+        env.pop("MOLECULE_LANES", None)
+        if lanes is not None:
+            env["MOLECULE_LANES"] = lanes
+        env.update({f"SLEEP_{k}": str(v) for k, v in sleeps.items()})
+        journal.write_text("")
+        proc = subprocess.run(
+            [str(SCRIPT), *scenarios], env=env, capture_output=True, text=True, timeout=60
+        )
+        events = {}
+        for line in journal.read_text().splitlines():
+            kind, name, t = line.split()
+            events[(kind, name)] = float(t)
+        return proc, events
+
+    return run
+
+
+def test_lanes_run_side_by_side_and_dependants_wait(fake) -> None:
+    proc, ev = fake("a", "b", "c", "d", lanes="a b | c d@a", a=1.0, c=0.2, d=0.2)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # c (second lane, no dependency) starts while a (first lane) is still running
+    assert ev[("start", "c")] < ev[("end", "a")]
+    # d waits until a has passed; b follows a in its own lane
+    assert ev[("start", "d")] >= ev[("end", "a")]
+    assert ev[("start", "b")] >= ev[("end", "a")]
+    for s in "abcd":
+        assert f"\n  {s} " in proc.stdout
+    # the other lanes' output is printed at the end, under a header
+    assert "==> molecule: d (lane 2)" in proc.stdout and "output of d" in proc.stdout
+
+
+def test_a_failed_dependency_stops_the_dependants_lane(fake) -> None:
+    proc, ev = fake("a", "b", "c", "d", lanes="a b | c d@a", fail="a")
+    assert proc.returncode != 0
+    assert ("start", "b") not in ev  # a lane stops at its first failure
+    assert ("start", "d") not in ev  # d needs a
+    assert "molecule: a FAILED" in proc.stdout
+    assert "d not run: a did not pass" in proc.stdout
+
+
+def test_a_dependency_never_reached_counts_as_not_passed(fake) -> None:
+    # b is never reached (a fails first), so d, which waits on b, must not hang
+    proc, ev = fake("a", "b", "c", "d", lanes="a b | c d@b", fail="a")
+    assert proc.returncode != 0
+    assert ("start", "d") not in ev
+    assert "d not run: b did not pass" in proc.stdout
+
+
+def test_a_failure_in_another_lane_fails_the_run(fake) -> None:
+    proc, ev = fake("a", "c", lanes="a | c", fail="c")
+    assert proc.returncode != 0
+    assert ("end", "a") in ev
+    assert "molecule: c FAILED after" in proc.stdout
+
+
+def test_no_lanes_runs_everything_in_the_order_given(fake) -> None:
+    proc, ev = fake("c", "a", "b", lanes="", a=0.1, b=0.1, c=0.1)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ev[("end", "c")] <= ev[("start", "a")] <= ev[("end", "a")] <= ev[("start", "b")]
+
+
+def test_only_the_scenarios_given_run_and_absent_dependencies_are_not_awaited(fake) -> None:
+    # d waits on a, which is not part of this run; x is in no lane: it joins the first lane
+    proc, ev = fake("b", "d", "x", lanes="a b | c d@a", b=1.0)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert {name for _, name in ev} == {"b", "d", "x"}
+    assert ev[("start", "d")] < ev[("end", "b")]  # not held back by the absent a
+    assert ev[("start", "x")] >= ev[("end", "b")]
