@@ -1,0 +1,133 @@
+"""The documented defaults travel with the roles and the playbooks: an inventory kept outside
+the repository (as Ansible users keep theirs) needs only the hosts and the groups.
+
+These runs need no Docker: `--tags mlgate-none` selects only the tasks tagged `always` (the
+site's host sorting and every role's argument validation, which templates every default)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _run(*args: str, callback: str = "default") -> subprocess.CompletedProcess:
+    env = dict(
+        os.environ,
+        ANSIBLE_STDOUT_CALLBACK=callback,
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_FORCE_COLOR="0",
+        ANSIBLE_DEPRECATION_WARNINGS="0",
+    )
+    return subprocess.run(
+        [str(BIN / "ansible-playbook"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+LOCAL = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Path:
+    """An inventory outside the repo: a gateway and two API nodes (all local, so that facts
+    can be gathered), with the user's own group_vars/all.yml."""
+    inv = tmp_path / "infra"
+    (inv / "group_vars").mkdir(parents=True)
+    hosts = {
+        "mlgate": {
+            "children": {
+                "mlgate_gateway": {"hosts": {"gw-1": None}},
+                "mlgate_api": {"hosts": {"api-1": None, "api-2": None}},
+            },
+            "hosts": {
+                "gw-1": dict(LOCAL, ansible_host="10.0.0.1"),
+                "api-1": dict(LOCAL, ansible_host="10.0.0.11"),
+                "api-2": dict(LOCAL, ansible_host="10.0.0.12", mlgate_internal_address="10.1.0.12"),
+            },
+        }
+    }
+    (inv / "hosts.yml").write_text(json.dumps(hosts))
+    (inv / "group_vars" / "all.yml").write_text(
+        json.dumps({"mlgate_stack_name": "outside", "mlgate_api_v1_replicas": 4})
+    )
+    return inv
+
+
+def test_the_site_needs_only_hosts_and_groups_from_an_outside_inventory(tmp_path: Path) -> None:
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(json.dumps({"mlgate": {"hosts": {"localhost": LOCAL}}}))
+    run = _run("-i", str(inv), "playbooks/site.yml", "--tags", "mlgate-none")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    # every role's arguments were validated, i.e. every default was templated
+    for role in ("mlgate", "docker_host", "certs", "htpasswd", "api", "nginx", "monitoring"):
+        assert f"TASK [{role} : Validating arguments" in run.stdout, role
+    teardown = _run("-i", str(inv), "playbooks/teardown.yml", "--tags", "mlgate-none")
+    assert teardown.returncode == 0, teardown.stdout[-3000:]
+
+
+def test_roles_derive_the_topology_from_the_users_inventory(fleet: Path, tmp_path: Path) -> None:
+    # A playbook of the user's own that uses the roles: their tasks are not run (tag never),
+    # only their defaults are read.
+    play = tmp_path / "show.yml"
+    play.write_text(
+        json.dumps(
+            [
+                {
+                    "hosts": "mlgate",
+                    "gather_facts": False,
+                    "roles": [
+                        {"role": "api", "tags": ["never"]},
+                        {"role": "nginx", "tags": ["never"]},
+                    ],
+                    "tasks": [
+                        {
+                            "ansible.builtin.debug": {
+                                "msg": {
+                                    "upstreams": "{{ nginx_v1_upstreams }}",
+                                    "v2": "{{ nginx_v2_upstreams }}",
+                                    "here": "{{ api_v1_instances | map(attribute='name') }}",
+                                    "image": "{{ api_image_name }}",
+                                }
+                            }
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    run = _run("-i", str(fleet / "hosts.yml"), str(play), callback="json")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    tasks = json.loads(run.stdout)["plays"][0]["tasks"]
+    shown = {
+        host: result["msg"]
+        for task in tasks
+        if task["task"]["name"] == "ansible.builtin.debug"
+        for host, result in task["hosts"].items()
+    }
+    # the user's group_vars/all.yml wins over the defaults: 4 replicas, stack "outside";
+    # round robin over the API nodes in inventory order; the gateway reaches each replica on
+    # its node's internal address (ansible_host, or mlgate_internal_address when set)
+    assert shown["gw-1"]["upstreams"] == [
+        "10.0.0.11:8101",
+        "10.1.0.12:8102",
+        "10.0.0.11:8103",
+        "10.1.0.12:8104",
+    ]
+    assert shown["gw-1"]["v2"] == ["10.0.0.11:8200"]  # the node after the last v1 replica
+    assert shown["api-1"]["here"] == ["outside-api-v1-1", "outside-api-v1-3"]
+    assert shown["api-2"]["here"] == ["outside-api-v1-2", "outside-api-v1-4"]
+    assert shown["gw-1"]["here"] == []
+    assert {s["image"] for s in shown.values()} == {"outside-api"}
