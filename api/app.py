@@ -304,7 +304,11 @@ def create_app(
     settings = settings or Settings.from_env()
     predictor = predictor or load_predictor(settings.model_dir)
     audit = audit or AuditLog(
-        settings.audit_dir, settings.audit_max_bytes, settings.audit_backups, settings.log_text
+        settings.audit_dir,
+        settings.audit_max_bytes,
+        settings.audit_backups,
+        settings.log_text,
+        key=settings.audit_key,
     )
     variant, replica, version = settings.variant, settings.replica, predictor.version
     debug = variant == "v2"

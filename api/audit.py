@@ -12,6 +12,11 @@ Design (several gunicorn workers share one directory and one file ``predictions.
   ``.1``, then reopens. A worker still holding the renamed file sees its size over the
   limit on its next write and reopens the new file, so no line is lost, at most a few
   land in ``.1``;
+* the sentence is never stored in clear unless ``log_text`` is on. With a key (a per-stack
+  secret, ``MLGATE_AUDIT_KEY_FILE``), each record carries ``sentence_hmac_sha256``, an
+  HMAC-SHA256 of the sentence under that key, and ``audit_key_id``, a fingerprint of the key:
+  records of one stack can be matched by sentence, and a dictionary of short texts does not
+  reverse them without the key (an unsalted SHA-256 would be). Without a key, no hash at all;
 * any OSError (directory missing or not writable, disk full, ...) is swallowed: it is
   counted, logged once (JSON on stdout under gunicorn), and opening is retried at most every 30 s.
   Logging never fails a prediction.
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -39,8 +45,11 @@ class AuditLog:
         max_bytes: int = 10 * 1024 * 1024,
         backups: int = 5,
         log_text: bool = False,
+        key: bytes | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self._key = key
+        self.key_id = key_id(key) if key else None
         self.path = self.directory / FILENAME
         self.lock_path = self.directory / (FILENAME + ".lock")
         self.max_bytes = max_bytes
@@ -75,10 +84,12 @@ class AuditLog:
                 "label": label,
                 "latency_ms": round(latency_ms, 3),
                 "sentence_chars": len(sentence),
-                "sentence_sha256": hashlib.sha256(
-                    sentence.encode("utf-8", "surrogatepass")
-                ).hexdigest(),
             }
+            if self._key:
+                entry["sentence_hmac_sha256"] = hmac.new(
+                    self._key, sentence.encode("utf-8", "surrogatepass"), hashlib.sha256
+                ).hexdigest()
+                entry["audit_key_id"] = self.key_id
             if self.log_text:
                 entry["sentence"] = sentence
             line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8", "replace")
@@ -166,6 +177,11 @@ class AuditLog:
             logging.getLogger("mlgate.audit").warning(
                 "audit log disabled for now (retried every %ds): %s", RETRY_SECONDS, exc
             )
+
+
+def key_id(key: bytes) -> str:
+    """A fingerprint naming a key (the first 12 hex digits of its SHA-256), not revealing it."""
+    return hashlib.sha256(key).hexdigest()[:12]
 
 
 def _utc_now() -> str:

@@ -13,6 +13,7 @@
 | MLGATE_AUDIT_MAX_BYTES     | 10485760 (10 MiB)                     |
 | MLGATE_AUDIT_BACKUPS       | 5                                     |
 | MLGATE_LOG_TEXT            | 0                                     |
+| MLGATE_AUDIT_KEY_FILE      | unset (no sentence hash in the audit) |
 | MLGATE_REPLICA             | socket.gethostname()                  |
 | MLGATE_ACCESS_LOG          | 0                                     |
 | PROMETHEUS_MULTIPROC_DIR   | <tmp>/mlgate-metrics-<uid>-<port>     |
@@ -25,11 +26,12 @@ import re
 import socket
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("v1", "v2")
+AUDIT_KEY_MIN_BYTES = 32
 _BIND_RE = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):(?P<port>\d{1,5})$")
 
 
@@ -50,6 +52,8 @@ class Settings:
     audit_max_bytes: int = 10 * 1024 * 1024
     audit_backups: int = 5
     log_text: bool = False
+    # the audit log's hash key: never printed (repr=False), never logged
+    audit_key: bytes | None = field(default=None, repr=False)
     replica: str = ""
     access_log: bool = False
     multiproc_dir: Path | None = None
@@ -102,6 +106,7 @@ class Settings:
         model_dir = Path(get("MLGATE_MODEL_DIR") or cls.model_dir)
         audit_dir = Path(get("MLGATE_AUDIT_DIR") or cls.audit_dir)
         multiproc = get("PROMETHEUS_MULTIPROC_DIR")
+        key_file = get("MLGATE_AUDIT_KEY_FILE")
         return cls(
             variant=variant,
             model_dir=model_dir,
@@ -114,6 +119,7 @@ class Settings:
             audit_max_bytes=integer("MLGATE_AUDIT_MAX_BYTES", cls.audit_max_bytes, 1024, 1 << 40),
             audit_backups=integer("MLGATE_AUDIT_BACKUPS", cls.audit_backups, 0, 1000),
             log_text=flag("MLGATE_LOG_TEXT"),
+            audit_key=read_audit_key(key_file) if key_file else None,
             replica=replica,
             access_log=flag("MLGATE_ACCESS_LOG"),
             multiproc_dir=Path(multiproc) if multiproc else None,
@@ -123,3 +129,21 @@ class Settings:
         """Per-user, per-port metrics directory used when PROMETHEUS_MULTIPROC_DIR is unset."""
         uid = os.getuid() if hasattr(os, "getuid") else 0
         return Path(tempfile.gettempdir()) / f"mlgate-metrics-{uid}-{self.port}"
+
+
+def read_audit_key(path: str) -> bytes:
+    """The audit hash key from a file (surrounding whitespace ignored); SettingsError if the
+    file cannot be read or holds fewer than AUDIT_KEY_MIN_BYTES bytes. The message names the
+    variable and the file, never the content."""
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise SettingsError(
+            f"MLGATE_AUDIT_KEY_FILE={path!r} cannot be read: {exc.strerror}"
+        ) from None
+    if len(key) < AUDIT_KEY_MIN_BYTES:
+        raise SettingsError(
+            f"MLGATE_AUDIT_KEY_FILE={path!r} holds {len(key)} bytes; "
+            f"the key needs at least {AUDIT_KEY_MIN_BYTES}"
+        )
+    return key

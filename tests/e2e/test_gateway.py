@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import collections
 import hashlib
+import hmac
+import json
 import socket
 import ssl
 import threading
 import time
+import uuid
 import warnings
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import docker
 import httpx
 import pytest
 
-from .conftest import Stack, gateway_log, recap, run_playbook, stack_settings
+from .conftest import ROOT, Stack, gateway_log, recap, run_playbook, stack_settings
 
 # --- deployment -------------------------------------------------------------------------
 
@@ -150,6 +153,34 @@ def test_request_id_is_echoed(predict) -> None:
     r = predict(headers={"X-Request-ID": "e2e-trace-42"})
     assert r.status_code == 200
     assert r.headers["x-request-id"] == "e2e-trace-42"
+
+
+def test_audit_record_holds_a_keyed_hash_of_the_sentence_never_the_sentence_or_key(
+    predict, stack: Stack
+) -> None:
+    sentence = f"audit me {uuid.uuid4().hex[:8]}"
+    request_id = f"e2e-audit-{uuid.uuid4().hex}"
+    assert predict(sentence, headers={"X-Request-ID": request_id}).status_code == 200
+    key = (ROOT / ".mlgate" / stack.name / "secrets" / "audit.key").read_bytes().strip()
+    assert len(key) >= 32
+    engine = docker.from_env()
+    # the audit volume is shared by every replica on this host: any of them can read it
+    reader = engine.containers.get(f"{stack.name}-api-v1-1")
+    deadline = time.monotonic() + 10
+    while True:
+        found = reader.exec_run(
+            ["sh", "-c", f"grep -h {request_id} /var/log/mlgate/predictions.jsonl*"]
+        ).output.decode()
+        if found.strip() or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    (record,) = [json.loads(line) for line in found.splitlines()]
+    assert record["sentence_hmac_sha256"] == hmac.new(key, sentence.encode(), "sha256").hexdigest()
+    assert record["audit_key_id"] == hashlib.sha256(key).hexdigest()[:12]
+    assert "sentence_sha256" not in record and sentence not in found
+    # the key is in no container's configuration (environment, labels, command)
+    for container in engine.containers.list(filters={"label": f"io.mlgate.stack={stack.name}"}):
+        assert key.decode() not in json.dumps(container.attrs), container.name
 
 
 # --- load balancing and A/B routing -------------------------------------------------------

@@ -120,7 +120,11 @@ def app_factory(tmp_path: Path, model_dir: Path, predictor: Predictor):
     def build(variant: str = "v1", fast_route: bool = True, **overrides):
         settings = make_settings(tmp_path, model_dir, variant=variant, **overrides)
         audit = AuditLog(
-            settings.audit_dir, settings.audit_max_bytes, settings.audit_backups, settings.log_text
+            settings.audit_dir,
+            settings.audit_max_bytes,
+            settings.audit_backups,
+            settings.log_text,
+            key=settings.audit_key,
         )
         return create_app(settings, predictor, audit, fast_route=fast_route)
 

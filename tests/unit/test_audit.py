@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import multiprocessing
 from pathlib import Path
@@ -37,9 +38,38 @@ def test_prediction_is_logged_without_text_by_default(app_factory, tmp_path: Pat
     assert entry["variant"] == "v1" and entry["replica"] == "test-replica"
     assert entry["label"] == r.json()["prediction value"]
     assert entry["sentence_chars"] == len(sentence)
-    assert entry["sentence_sha256"] == hashlib.sha256(sentence.encode()).hexdigest()
     assert entry["latency_ms"] >= 0 and entry["ts"].endswith("Z")
     assert "sentence" not in entry
+    # without a key, no hash of the sentence at all (an unsalted one is a dictionary away)
+    assert not any("sha256" in k for k in entry) and "audit_key_id" not in entry
+
+
+KEY = b"k" * 16 + b"0123456789abcdef0123456789abcdef"
+
+
+def test_with_a_key_the_sentence_hash_is_an_hmac_under_that_key(
+    app_factory, tmp_path: Path
+) -> None:
+    client = TestClient(app_factory("v1", audit_key=KEY))
+    for sentence in ("yes", "so angry at the rude driver ✨"):
+        assert client.post("/predict", json={"sentence": sentence}).status_code == 200
+    first, second = read_all(tmp_path / "audit")
+    for entry, sentence in ((first, "yes"), (second, "so angry at the rude driver ✨")):
+        expected = hmac.new(KEY, sentence.encode(), hashlib.sha256).hexdigest()
+        assert entry["sentence_hmac_sha256"] == expected
+        # not what a dictionary of plain SHA-256 digests would find
+        assert entry["sentence_hmac_sha256"] != hashlib.sha256(sentence.encode()).hexdigest()
+        assert entry["audit_key_id"] == hashlib.sha256(KEY).hexdigest()[:12]
+        assert KEY.decode() not in json.dumps(entry)
+
+
+def test_another_key_gives_another_hash(tmp_path: Path) -> None:
+    a = AuditLog(tmp_path / "a", key=KEY)
+    b = AuditLog(tmp_path / "b", key=KEY[::-1])
+    assert rec(a, 1, "same words") and rec(b, 1, "same words")
+    (ra,), (rb,) = read_all(tmp_path / "a"), read_all(tmp_path / "b")
+    assert ra["sentence_hmac_sha256"] != rb["sentence_hmac_sha256"]
+    assert ra["audit_key_id"] != rb["audit_key_id"]
 
 
 def test_text_is_logged_only_when_enabled(app_factory, tmp_path: Path) -> None:

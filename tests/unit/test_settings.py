@@ -56,3 +56,28 @@ def test_invalid_values_name_the_variable(name: str, value: str, words: str) -> 
     with pytest.raises(SettingsError) as err:
         Settings.from_env({name: value})
     assert name in str(err.value) and words in str(err.value)
+
+
+def test_audit_key_is_read_from_its_file_and_never_shown(tmp_path: Path) -> None:
+    key_file = tmp_path / "audit.key"
+    key_file.write_text("ab" * 32 + "\n")
+    s = Settings.from_env({"MLGATE_AUDIT_KEY_FILE": str(key_file)})
+    assert s.audit_key == b"ab" * 32
+    assert "abab" not in repr(s)
+    assert Settings.from_env({}).audit_key is None
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [(None, "cannot be read"), ("short-key\n", "holds 9 bytes"), ("   \n", "holds 0 bytes")],
+)
+def test_a_missing_or_short_audit_key_is_refused_without_showing_it(
+    tmp_path: Path, content: str | None, words: str
+) -> None:
+    key_file = tmp_path / "audit.key"
+    if content is not None:
+        key_file.write_text(content)
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"MLGATE_AUDIT_KEY_FILE": str(key_file)})
+    assert "MLGATE_AUDIT_KEY_FILE" in str(err.value) and words in str(err.value)
+    assert "short-key" not in str(err.value)
