@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -36,6 +37,39 @@ def test_gateway_answers_over_https_with_auth(remote: Remote) -> None:
     plain = httpx.get(remote.cfg["http"] + "/predict", follow_redirects=False, timeout=10)
     assert plain.status_code == 301
     assert plain.headers["location"].startswith("https://")
+
+
+def _ping(remote: Remote, host: str, known_hosts: str) -> subprocess.CompletedProcess:
+    """`ansible <host> -m ping` over SSH with the scenario's inventory and a known_hosts file."""
+    ssh_args = f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes -o LogLevel=ERROR"
+    cmd = [str(Path(sys.executable).parent / "ansible"), host, "-i", remote.cfg["inventory"]]
+    for path in remote.cfg["extra_vars"]:
+        cmd += ["-e", f"@{path}"]
+    cmd += ["-e", json.dumps({"ansible_ssh_common_args": ssh_args}), "-m", "ansible.builtin.ping"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_ssh_checks_host_keys_and_refuses_a_host_with_another_key(
+    remote: Remote, tmp_path: Path
+) -> None:
+    known = Path(remote.cfg["known_hosts"])
+    addresses = remote.cfg["addresses"]
+    lines = dict(line.split(" ", 1) for line in known.read_text().splitlines() if line)
+    assert set(lines) == set(addresses.values())  # one key per host, by the address Ansible uses
+    node = remote.cfg["api_nodes"][0]
+    assert _ping(remote, node, str(known)).returncode == 0
+    # the node's address with the gateway's key: what an impostor at that address would show
+    impostor = tmp_path / "known_hosts"
+    impostor.write_text(f"{addresses[node]} {lines[addresses[remote.cfg['gateway']]]}\n")
+    refused = _ping(remote, node, str(impostor))
+    out = refused.stdout + refused.stderr
+    assert refused.returncode != 0, out
+    assert "Host key verification failed" in out or "IDENTIFICATION HAS CHANGED" in out, out[-2000:]
+    # and an unknown host is refused too, never added on first use
+    unknown = tmp_path / "empty_known_hosts"
+    unknown.write_text("")
+    refused = _ping(remote, node, str(unknown))
+    assert refused.returncode != 0 and unknown.read_text() == ""
 
 
 def test_ca_and_credentials_came_back_to_the_controller(remote: Remote) -> None:
