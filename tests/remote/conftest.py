@@ -73,12 +73,14 @@ class Remote:
     def node_of(self, replica: str) -> str:
         return next(i["node"] for i in self.instances if i["name"] == replica)
 
-    def load(self) -> PacedLoad:
-        """8 r/s of POST /predict through the gateway, on one keep-alive connection."""
+    def load(self, headers: tuple[dict[str, str], ...] = ({},)) -> PacedLoad:
+        """8 r/s of POST /predict through the gateway, on one keep-alive connection, cycling
+        through the header sets given (e.g. the default and the debug cohort, alternately)."""
         return PacedLoad(
             self.cfg["https"],
             ca=str(Path(self.cfg["controller_dir"]) / "ca.crt"),
             auth=("mlgate", self.password),
+            headers=headers,
             sentence="load through a fleet",
             timeout=30,
         )

@@ -163,6 +163,45 @@ def test_prometheus_scrapes_every_replica_on_every_node(remote: Remote) -> None:
     assert set(api.values()) == {"up"}, (api, context)
 
 
+BOTH_COHORTS = ({}, {"X-Experiment-Group": "debug"})
+
+
+def api_containers(host: str) -> set[str]:
+    return {name for name in containers_on(host) if "-api-" in name}
+
+
+def test_reshaping_the_fleet_leaves_no_orphan_and_serves_both_cohorts(remote: Remote) -> None:
+    """Fewer replicas and a node taken out of mlgate_api (still in the inventory): v1-2 moves
+    to the first node, v1-3 goes, v2 moves from the second node to the first; the second node
+    ends with no API container (a leftover would serve an unauthenticated API on its internal
+    address). Under load of both cohorts, no request fails: the gateway is reloaded onto the
+    new placement before anything is removed. Then back to the inventory's placement."""
+    cfg, stack = remote.cfg, remote.cfg["stack"]
+    first, second = cfg["api_nodes"]
+    reshape = json.dumps({"mlgate_api_v1_replicas": 2, "mlgate_api_nodes": [first]})
+    with remote.load(headers=BOTH_COHORTS) as load:
+        done = run_site(cfg, "-e", reshape)
+    assert done.returncode == 0, done.stdout[-6000:]
+    print(f"\nfleet reshaped: {load.report()}")
+    # one gateway reload (new upstreams): it may close the idle keep-alive connection once
+    load.assert_no_failure(max_retried=1)
+    assert all(cohort[200] >= 20 for cohort in load.by_cohort), load.report()
+    assert api_containers(first) == {f"{stack}-api-v1-1", f"{stack}-api-v1-2", f"{stack}-api-v2-1"}
+    assert api_containers(second) == set(), containers_on(second)
+    debug = remote.predict("where is v2 now?", headers={"X-Experiment-Group": "debug"})
+    assert debug.status_code == 200 and debug.headers["x-mlgate-replica"] == f"{stack}-api-v2-1"
+    assert containers_on(first)[f"{stack}-api-v2-1"].startswith(cfg["addresses"][first])
+
+    with remote.load(headers=BOTH_COHORTS) as load:
+        done = run_site(cfg)
+    assert done.returncode == 0, done.stdout[-6000:]
+    print(f"fleet restored: {load.report()}")
+    load.assert_no_failure(max_retried=1)
+    for node in (first, second):
+        wanted = {i["name"] for i in remote.instances if i["node"] == node}
+        assert api_containers(node) == wanted, (node, containers_on(node))
+
+
 def test_rolling_update_replaces_one_replica_at_a_time_across_the_fleet(remote: Remote) -> None:
     revision = f"fleet-{uuid.uuid4().hex[:8]}"
     with remote.load() as load:
