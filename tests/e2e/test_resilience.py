@@ -23,10 +23,20 @@ from tests.loadgen import PacedLoad
 
 from .conftest import ROOT, Stack, run_playbook, stack_settings
 
+BOTH_COHORTS = ({}, {"X-Experiment-Group": "debug"})
+
 
 def steady_load(stack: Stack) -> PacedLoad:
-    """8 r/s of POST /predict through the gateway, on one keep-alive connection."""
-    return PacedLoad(stack.https, ca=str(stack.ca), auth=(stack.user, stack.password))
+    """8 r/s of POST /predict through the gateway, on one keep-alive connection, alternately
+    without and with ``X-Experiment-Group: debug``: both cohorts, each counted on its own."""
+    return PacedLoad(
+        stack.https, ca=str(stack.ca), auth=(stack.user, stack.password), headers=BOTH_COHORTS
+    )
+
+
+def assert_both_cohorts_served(load: PacedLoad, at_least: int = 10) -> None:
+    """Each cohort got answers (so 'no failure' covers the debug route too)."""
+    assert all(c[200] >= at_least for c in load.by_cohort), load.report()
 
 
 def _health(container) -> str:
@@ -79,6 +89,7 @@ def test_crashed_replica_loses_no_requests_and_comes_back(stack: Stack, pacer) -
     print(f"replica crash: {load.report()}")
     assert any(t > back_at and r == victim.name for t, r in load.seen), "restarted replica unused"
     load.assert_no_failure()
+    assert_both_cohorts_served(load)
 
 
 CODE_MARKER_ANCHOR = '(b"x-mlgate-variant", variant.encode()),'
@@ -173,7 +184,13 @@ def test_rolling_code_and_model_update_loses_no_requests(
     first_new = load.builds.index(marker)
     assert "" in load.builds[first_new:], "never saw old and new code serving side by side"
     assert load.builds[-8:] == [marker] * 8, load.builds[-8:]
+    # v2, alone behind the debug route, was replaced while its surge twin (the route's backup,
+    # already on the new version) answered the debug cohort; the twin is gone afterwards
+    v2 = f"{stack.name}-api-v2-1"
+    assert any(replica == f"{v2}-surge" for _, replica in load.seen), "the surge twin never served"
+    assert not docker.from_env().containers.list(all=True, filters={"name": f"{v2}-surge"})
     load.assert_no_failure()
+    assert_both_cohorts_served(load)
 
 
 def test_gateway_config_change_is_a_reload_under_load_losing_no_requests(
@@ -212,3 +229,4 @@ def test_gateway_config_change_is_a_reload_under_load_losing_no_requests(
     nginx.reload()
     assert nginx.attrs["State"]["StartedAt"] == started, "nginx was restarted, not reloaded"
     load.assert_no_failure(max_retried=2)
+    assert_both_cohorts_served(load)

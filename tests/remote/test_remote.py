@@ -204,12 +204,16 @@ def test_reshaping_the_fleet_leaves_no_orphan_and_serves_both_cohorts(remote: Re
 
 def test_rolling_update_replaces_one_replica_at_a_time_across_the_fleet(remote: Remote) -> None:
     revision = f"fleet-{uuid.uuid4().hex[:8]}"
-    with remote.load() as load:
+    with remote.load(headers=BOTH_COHORTS) as load:
         done = run_site(remote.cfg, "--tags", "api", "-e", f"api_model_revision={revision}")
     assert done.returncode == 0, done.stdout[-6000:]
     print(f"\nfleet rolling update: {load.report()}")
     assert load.sent > 50
     load.assert_no_failure()
+    # both cohorts served throughout; v2 was replaced while its surge twin answered
+    assert all(cohort[200] >= 20 for cohort in load.by_cohort), load.report()
+    v2 = next(i["name"] for i in remote.instances if i["variant"] == "v2")
+    assert any(replica == f"{v2}-surge" for _, replica in load.seen), "the surge twin never served"
     # Replaced one at a time: the API play is serial per node and each node waits for a healthy
     # replica before the next; so the replicas restarted in inventory order, never together.
     starts = []
