@@ -5,9 +5,11 @@
 # MOLECULE_LANES lists the lanes, separated by `|`; a lane's scenarios run one after the other
 # and the lane stops at its first failure. `name@dep` waits until scenario `dep` has passed
 # (and is not run if `dep` failed or was not reached). Default:
-#   docker_host api default | certs htpasswd monitoring@api nginx@api | remote@api
+#   docker_host api default | certs htpasswd nginx@api monitoring | remote@api
 # The `@api` waits keep every scenario that deploys the API from building the caches they all
-# share (base image, wheelhouse, model) at the same time: `api` builds them first. Every
+# share (base image, wheelhouse, model) at the same time: `api` builds them first. `monitoring`
+# follows `nginx` rather than starting beside `default`: by then `default` has built the
+# gateway's images and it finds them in Docker's build cache instead of building them again. Every
 # scenario has its own stack, network and ports (and remote its own hosts), so the lanes never
 # touch each other's containers. The first lane prints as it goes; the other lanes' output goes
 # to .mlgate/molecule-logs/<scenario>.log and is printed when every lane is done.
@@ -17,7 +19,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 molecule=${MOLECULE:-molecule} # the command (tests of this script use a stand-in)
-lanes_spec=${MOLECULE_LANES-docker_host api default | certs htpasswd monitoring@api nginx@api | remote@api}
+lanes_spec=${MOLECULE_LANES-docker_host api default | certs htpasswd nginx@api monitoring | remote@api}
 logs=${MOLECULE_LOGS:-.mlgate/molecule-logs} # (tests of this script use their own)
 mkdir -p "$logs"
 rm -f "$logs"/*.rc "$logs"/*.took "$logs"/*.lane-done "$logs"/*.skipped
