@@ -131,3 +131,13 @@ def test_roles_derive_the_topology_from_the_users_inventory(fleet: Path, tmp_pat
     assert shown["api-2"]["here"] == ["outside-api-v1-2", "outside-api-v1-4"]
     assert shown["gw-1"]["here"] == []
     assert {s["image"] for s in shown.values()} == {"outside-api"}
+
+
+def test_replica_counts_that_would_collide_are_refused_in_preflight(tmp_path: Path) -> None:
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(json.dumps({"mlgate": {"hosts": {"localhost": LOCAL}}}))
+    site = ("-i", str(inv), "playbooks/site.yml", "--tags", "mlgate-none")
+    refused = _run(*site, "-e", "mlgate_api_v1_replicas=20")
+    assert refused.returncode != 0
+    assert "between 1 and 19" in refused.stdout and "a 20th replica would take it" in refused.stdout
+    assert _run(*site, "-e", "mlgate_api_v1_replicas=19").returncode == 0
