@@ -87,7 +87,9 @@ logs: ## last log lines of every container of the stack (LINES=50)
 	@for c in $$(docker ps -a --filter label=io.mlgate.stack=$(STACK) --format '{{.Names}}' | sort); do \
 	  echo "==> $$c <=="; docker logs --tail $${LINES:-50} $$c 2>&1; done
 
-clean: venv ## stop-project, then also remove volumes, certs, credentials, target files and the model
+clean: venv ## stop-project, then also remove volumes, the CA, credentials, target files and the model
+	@echo "make clean: removes the stack's CA (.mlgate/<stack>/ca/ca.key, .mlgate/<stack>/ca.crt):" \
+	  "clients that trust that ca.crt will need the new one the next deploy creates"
 	$(ANSIBLE_PLAYBOOK) playbooks/teardown.yml -e mlgate_teardown_purge=true $(ARGS)
 	rm -rf model/artifacts
 
