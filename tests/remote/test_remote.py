@@ -6,6 +6,7 @@ Tests run in file order: the last one powers an API node off.
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -46,7 +47,10 @@ def _ping(remote: Remote, host: str, known_hosts: str) -> subprocess.CompletedPr
     for path in remote.cfg["extra_vars"]:
         cmd += ["-e", f"@{path}"]
     cmd += ["-e", json.dumps({"ansible_ssh_common_args": ssh_args}), "-m", "ansible.builtin.ping"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    # A fresh SSH connection each time: an OpenSSH master connection (ControlPersist) left by an
+    # earlier run to the same host would be reused without any host key check.
+    env = dict(os.environ, ANSIBLE_SSH_ARGS="-o ControlMaster=no -o ControlPath=none")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, env=env)
 
 
 def test_ssh_checks_host_keys_and_refuses_a_host_with_another_key(
