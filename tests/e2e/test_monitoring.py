@@ -468,10 +468,12 @@ def test_stopping_a_v1_replica_makes_replica_down_pending_then_firing(
         return None
 
     assert state() is None
-    container.stop(timeout=30)
+    # Timed from the moment the stop begins: the replica stops answering as soon as it gets
+    # SIGTERM (it closes its listening socket), before `docker stop` returns.
     stopped = time.monotonic()
+    container.stop(timeout=30)
     # The property is the order and the lower bound: pending once a scrape failed, firing no
-    # sooner than the rule's `for:` after the stop. The waits only bound how long a busy
+    # sooner than the rule's `for:` after the stop began. The waits only bound how long a busy
     # machine may take to get there (a failed scrape, then an evaluation: a few intervals).
     try:
         assert wait_for(state, 4 * interval + 30, 0.5, "pending") in ("pending", "firing")
