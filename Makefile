@@ -106,10 +106,18 @@ MOLECULE_LANES ?= docker_host api default | certs htpasswd nginx@api monitoring 
 molecule: venv collections ## molecule test of each scenario (three lanes), with durations
 	MOLECULE_LANES="$(MOLECULE_LANES)" scripts/run-molecule.sh $(SCENARIOS)
 
-# lint and unit at once (--output-sync: each one's output in one piece), then molecule
+# lint and unit (at once, --output-sync: each one's output in one piece) run beside molecule, their
+# output in .mlgate/checks.log, printed when molecule is done; red if any of them is red.
 test: tools venv collections ## everything CI runs: host tools, lint, unit tests, every molecule scenario
-	$(MAKE) --no-print-directory -j2 --output-sync=target lint unit
-	$(MAKE) --no-print-directory molecule
+	@mkdir -p .mlgate; \
+	$(MAKE) --no-print-directory -j2 --output-sync=target lint unit >.mlgate/checks.log 2>&1 & checks=$$!; \
+	echo "test: lint and unit run beside molecule (output: .mlgate/checks.log)"; \
+	$(MAKE) --no-print-directory molecule; mol=$$?; \
+	wait $$checks; chk=$$?; \
+	echo "==> lint and unit, .mlgate/checks.log <=="; cat .mlgate/checks.log; \
+	[ $$chk = 0 ] || echo "test: lint or unit FAILED (exit $$chk)"; \
+	[ $$mol = 0 ] || echo "test: molecule FAILED (exit $$mol)"; \
+	[ $$chk = 0 ] && [ $$mol = 0 ]
 
 stress: ## `make test` in fresh clones, caches removed, one core busy (stress-ng), RUNS times in a row
 	scripts/stress-test.sh $(or $(RUNS),1)

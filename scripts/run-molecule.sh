@@ -18,6 +18,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
+# Every task line carries its time and each playbook ends with its 20 slowest tasks
+# (ansible.posix.profile_tasks): where a slow run spends its time is in its log.
+export ANSIBLE_CALLBACKS_ENABLED=${ANSIBLE_CALLBACKS_ENABLED-ansible.posix.profile_tasks}
 molecule=${MOLECULE:-molecule} # the command (tests of this script use a stand-in)
 lanes_spec=${MOLECULE_LANES-docker_host api default | certs htpasswd nginx@api monitoring | remote@api}
 logs=${MOLECULE_LOGS:-.mlgate/molecule-logs} # (tests of this script use their own)
