@@ -106,11 +106,13 @@ MOLECULE_LANES ?= docker_host api default | certs htpasswd nginx@api monitoring 
 molecule: venv collections ## molecule test of each scenario (three lanes), with durations
 	MOLECULE_LANES="$(MOLECULE_LANES)" scripts/run-molecule.sh $(SCENARIOS)
 
-# lint and unit (at once, --output-sync: each one's output in one piece) run beside molecule, their
-# output in .mlgate/checks.log, printed when molecule is done; red if any of them is red.
+# lint and unit (at once, --output-sync: each one's output in one piece) run beside molecule, at a
+# low CPU priority (nice 15: they use what the scenarios leave idle, and do not slow the lane
+# every other scenario waits for), their output in .mlgate/checks.log, printed when molecule is
+# done; red if any of them is red.
 test: tools venv collections ## everything CI runs: host tools, lint, unit tests, every molecule scenario
 	@mkdir -p .mlgate; \
-	$(MAKE) --no-print-directory -j2 --output-sync=target lint unit >.mlgate/checks.log 2>&1 & checks=$$!; \
+	nice -n 15 $(MAKE) --no-print-directory -j2 --output-sync=target lint unit >.mlgate/checks.log 2>&1 & checks=$$!; \
 	echo "test: lint and unit run beside molecule (output: .mlgate/checks.log)"; \
 	$(MAKE) --no-print-directory molecule; mol=$$?; \
 	wait $$checks; chk=$$?; \

@@ -1,4 +1,5 @@
-"""End-to-end checks of the monitoring role: exporter, Prometheus and its rules, Grafana.
+"""End-to-end checks of the monitoring role: exporter, blackbox probe, Prometheus and its rules,
+Alertmanager and its webhook, Grafana.
 
 Runs against the stack conftest.py deploys. Everything reads the deployed files (rules,
 dashboards, Grafana provisioning) so that a new panel or rule is checked automatically.
@@ -20,15 +21,19 @@ import configparser
 import json
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import docker
 import httpx
 import pytest
 import yaml
+from cryptography import x509
 
 from .conftest import Stack, recap, run_playbook, stack_settings
 
@@ -205,6 +210,58 @@ def fresh_scrape(prom: httpx.Client) -> None:
     wait_for(check, 30, 0.5, "a scrape of every API target")
 
 
+class WebhookReceiver:
+    """Alertmanager's webhook receiver, run by the tests on the host: the deployment's
+    monitoring_alertmanager_webhook_url points at the stack bridge's gateway address."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.path = parts.path or "/"
+        self.received: list[tuple[float, dict]] = []  # (time.monotonic(), payload)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path == receiver.path:
+                    receiver.received.append((time.monotonic(), json.loads(body)))
+                    self.send_response(200)
+                else:
+                    self.send_response(404)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((parts.hostname, parts.port or 80), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def alerts(self, since: float = 0.0) -> list[tuple[float, str, dict]]:
+        """(received at, notification status, alert) for every alert notified after `since`."""
+        return [
+            (at, payload["status"], alert)
+            for at, payload in list(self.received)
+            if at >= since
+            for alert in payload["alerts"]
+        ]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def webhook(settings: dict) -> WebhookReceiver:
+    url = settings.get("monitoring_alertmanager_webhook_url", "")
+    assert url.startswith("http://"), (
+        "the e2e stack files set monitoring_alertmanager_webhook_url to a receiver on the host"
+    )
+    receiver = WebhookReceiver(url)
+    yield receiver
+    receiver.close()
+
+
 @pytest.fixture(scope="module")
 def api_containers(stack: Stack) -> dict[str, str]:
     """API containers of the stack: name -> variant (from the labels the api role sets)."""
@@ -217,8 +274,8 @@ def api_containers(stack: Stack) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def all_targets_up(prom: httpx.Client, api_containers: dict[str, str]) -> list[dict]:
-    """Every target of the three jobs is up (waits for the first scrapes after a deploy)."""
-    expected = len(api_containers) + 2
+    """Every target of the five jobs is up (waits for the first scrapes after a deploy)."""
+    expected = len(api_containers) + 4
 
     def check():
         ts = targets(prom)
@@ -295,7 +352,7 @@ def test_grafana_is_deployed_or_skipped_with_one_clear_line(stack: Stack) -> Non
 
 def test_monitoring_containers_hardened_and_labelled(stack: Stack) -> None:
     engine = docker.from_env()
-    for role in ("exporter", "prometheus"):
+    for role in ("exporter", "blackbox", "prometheus", "alertmanager"):
         c = engine.containers.get(f"{stack.name}-{role}")
         assert c.attrs["State"]["Health"]["Status"] == "healthy", c.name
         assert c.labels["io.mlgate.stack"] == stack.name
@@ -308,8 +365,9 @@ def test_monitoring_containers_hardened_and_labelled(stack: Stack) -> None:
         )
         assert host["ReadonlyRootfs"] is True
         assert c.attrs["Config"]["User"] not in ("", "0", "root"), c.name
-    volume = engine.volumes.get(f"{stack.name}-prometheus-data")
-    assert volume.attrs["Labels"]["io.mlgate.stack"] == stack.name
+    for data in ("prometheus", "alertmanager"):
+        volume = engine.volumes.get(f"{stack.name}-{data}-data")
+        assert volume.attrs["Labels"]["io.mlgate.stack"] == stack.name
 
 
 # --- scraping ---------------------------------------------------------------------------
@@ -317,7 +375,9 @@ def test_monitoring_containers_hardened_and_labelled(stack: Stack) -> None:
 
 def test_every_target_is_up(all_targets_up: list[dict], api_containers: dict[str, str]) -> None:
     jobs = sorted(t["labels"]["job"] for t in all_targets_up)
-    assert jobs == sorted(["nginx", "prometheus"] + ["api"] * len(api_containers))
+    assert jobs == sorted(
+        ["alertmanager", "blackbox", "nginx", "prometheus"] + ["api"] * len(api_containers)
+    )
     api = {
         t["labels"]["replica"]: t["labels"]["variant"]
         for t in all_targets_up
@@ -330,6 +390,40 @@ def test_every_target_is_up(all_targets_up: list[dict], api_containers: dict[str
 def test_nginx_up_is_1(prom: httpx.Client, all_targets_up) -> None:
     result = query(prom, "nginx_up")
     assert [float(s["value"][1]) for s in result] == [1.0]
+
+
+def test_the_probe_reaches_the_gateway_as_a_client_and_reads_its_certificate(
+    prom: httpx.Client, all_targets_up, mon_dir: Path
+) -> None:
+    """The blackbox exporter's HTTPS GET of /health succeeds, trusting the stack's CA only, and
+    it reads the certificate the gateway serves: the expiry it reports is server.crt's."""
+
+    def value(expr: str) -> float:
+        series = query(prom, expr)
+        assert len(series) == 1, f"{expr}: {series}"
+        return float(series[0]["value"][1])
+
+    probe = '{job="blackbox"}'
+    assert value(f"probe_success{probe}") == 1
+    assert value(f"probe_http_status_code{probe}") == 200
+    assert value(f"probe_http_ssl{probe}") == 1
+    assert value('probe_http_duration_seconds{job="blackbox", phase="tls"}') > 0
+    assert value(f"probe_duration_seconds{probe}") > 0
+    served = x509.load_pem_x509_certificate((mon_dir.parent / "certs" / "server.crt").read_bytes())
+    expiry = value(f"probe_ssl_earliest_cert_expiry{probe}")
+    assert expiry == served.not_valid_after_utc.timestamp()
+    days = (expiry - time.time()) / 86400
+    threshold = next(
+        float(r["expr"].rsplit("<", 1)[1])
+        for r in rules(mon_dir)
+        if r.get("alert") == "MlgateCertificateExpiresSoon"
+    )
+    firing = [
+        a
+        for a in prom.get("/api/v1/alerts").json()["data"]["alerts"]
+        if a["labels"]["alertname"] == "MlgateCertificateExpiresSoon"
+    ]
+    assert (days < threshold) == bool(firing), (days, threshold, firing)
 
 
 def test_request_counters_grow_by_the_requests_sent(
@@ -443,11 +537,18 @@ def test_every_alert_expression_runs_and_watches_existing_data(
 def test_rules_cover_the_issue(mon_dir: Path) -> None:
     names = {r.get("alert") for r in rules(mon_dir)}
     assert {"MlgateApiReplicaDown", "MlgateNoHealthyV1Replica", "MlgateHigh5xxRatio",
-            "MlgateHighP99Latency", "MlgateSustainedRateLimiting"} <= names  # fmt: skip
+            "MlgateHighP99Latency", "MlgateSustainedRateLimiting", "MlgateGatewayProbeFailed",
+            "MlgateGatewayProbeSlow", "MlgateCertificateExpiresSoon",
+            "MlgateAuditLogWriteErrors"} <= names  # fmt: skip
 
 
-def test_stopping_a_v1_replica_makes_replica_down_pending_then_firing(
-    prom: httpx.Client, api_containers: dict[str, str], all_targets_up, mon_dir: Path
+def test_stopping_a_v1_replica_fires_replica_down_and_notifies_the_webhook(
+    prom: httpx.Client,
+    api_containers: dict[str, str],
+    all_targets_up,
+    mon_dir: Path,
+    webhook: WebhookReceiver,
+    stack: Stack,
 ) -> None:
     rule = next(r for r in rules(mon_dir) if r.get("alert") == "MlgateApiReplicaDown")
     window = duration_seconds(rule["for"])
@@ -484,6 +585,28 @@ def test_stopping_a_v1_replica_makes_replica_down_pending_then_firing(
         assert firing >= window, "fired before its `for:` window"
         others = query(prom, 'sum(up{job="api", variant="v1"})')
         assert float(others[0]["value"][1]) == sum(v == "v1" for v in api_containers.values()) - 1
+
+        # Prometheus -> Alertmanager -> the webhook, with the alert's labels. Nothing about the
+        # victim may reach the webhook before the alert fired; the wait bounds Alertmanager's
+        # group_wait plus an evaluation on a busy machine.
+        def notified() -> list:
+            return [
+                (at, status, alert)
+                for at, status, alert in webhook.alerts()
+                if alert["labels"].get("alertname") == "MlgateApiReplicaDown"
+                and alert["labels"].get("replica") == victim
+            ]
+
+        am = yaml.safe_load((mon_dir / "alertmanager" / "conf" / "alertmanager.yml").read_text())
+        group_wait = duration_seconds(am["route"]["group_wait"])
+        at, status, alert = wait_for(notified, group_wait + 4 * interval + 60, 0.5, "webhook")[0]
+        print(f"{victim}: webhook notified {at - stopped:.1f} s after the stop began")
+        assert at - stopped >= window, "notified before the alert's `for:` window"
+        assert status == "firing" and alert["status"] == "firing"
+        assert alert["labels"]["stack"] == stack.name
+        assert alert["labels"]["variant"] == "v1"
+        assert alert["labels"]["severity"] == "warning"
+        assert victim in alert["annotations"]["summary"]
     finally:
         container.start()
         wait_for(
@@ -537,7 +660,7 @@ def _bindings(container) -> list[tuple[str, str]]:
     return sorted((b["HostIp"], b["HostPort"]) for v in bindings.values() for b in v or [])
 
 
-def test_prometheus_and_grafana_bound_to_loopback_exporter_unpublished(
+def test_prometheus_alertmanager_grafana_on_loopback_exporters_unpublished(
     stack: Stack, settings: dict
 ) -> None:
     engine = docker.from_env()
@@ -546,9 +669,12 @@ def test_prometheus_and_grafana_bound_to_loopback_exporter_unpublished(
     grafana = engine.containers.list(all=True, filters={"name": f"{stack.name}-grafana"})
     for c in grafana:
         assert _bindings(c) == [("127.0.0.1", str(settings["mlgate_grafana_port"]))]
-    exporter = engine.containers.get(f"{stack.name}-exporter")
-    assert _bindings(exporter) == []
-    assert not any(exporter.attrs["NetworkSettings"]["Ports"].values())
+    alertmanager = engine.containers.get(f"{stack.name}-alertmanager")
+    assert _bindings(alertmanager) == [("127.0.0.1", str(settings["mlgate_alertmanager_port"]))]
+    for unpublished in ("exporter", "blackbox"):
+        c = engine.containers.get(f"{stack.name}-{unpublished}")
+        assert _bindings(c) == []
+        assert not any(c.attrs["NetworkSettings"]["Ports"].values())
 
 
 def _reachable(host: str, port: int) -> bool:
