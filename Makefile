@@ -9,7 +9,7 @@ PYTEST := $(VENV)/bin/pytest
 RUFF   := $(VENV)/bin/ruff
 STAMP  := $(VENV)/.requirements.stamp
 REQS   := $(wildcard requirements/*.txt)
-PY_SRC := api model bench tests/unit tests/e2e tests/remote tests/loadgen.py plugins
+PY_SRC := api model bench tests/unit tests/e2e tests/remote tests/loadgen.py plugins roles/mlgate/filter_plugins
 ANSIBLE_PLAYBOOK := $(VENV)/bin/ansible-playbook
 # Extra ansible-playbook arguments, e.g. make start-project ARGS="-e mlgate_https_port=8443"
 ARGS ?=

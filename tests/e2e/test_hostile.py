@@ -240,3 +240,87 @@ def test_spoofed_experiment_headers_never_reach_v2(predict) -> None:
         assert r.status_code < 500
         if r.status_code == 200:
             assert r.headers["x-mlgate-variant"] == "v1", repr(value)
+
+
+# --- network segmentation ---------------------------------------------------------------
+
+# Run inside an API container: try every (name, host, port) given as JSON in argv[1] at once
+# (2 s each), print {name: "open" | the error}; also whether the container has a default route
+# and whether an outside name resolves.
+_PROBE = r"""
+import json, socket, sys, threading
+out = {}
+def attempt(name, host, port):
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        out[name] = "open"
+    except OSError as exc:
+        out[name] = type(exc).__name__ + ": " + str(exc)
+threads = [threading.Thread(target=attempt, args=t) for t in json.loads(sys.argv[1])]
+[t.start() for t in threads]
+[t.join() for t in threads]
+with open("/proc/net/route") as f:
+    out["default route"] = any(line.split()[1] == "00000000" for line in f.readlines()[1:])
+try:
+    socket.getaddrinfo("deb.debian.org", 443)
+    out["outside name"] = "resolved"
+except OSError as exc:
+    out["outside name"] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+
+def test_an_api_container_reaches_nothing_but_what_it_needs(stack: Stack, predict) -> None:
+    """From inside the API container that parses untrusted input, measured: no route out, no
+    outside name, no connection to the monitoring plane (Prometheus and its admin endpoints,
+    Alertmanager, Grafana, both exporters), to the gateway's listeners (stub_status, 80, 443)
+    on either of its addresses, or to the host itself; and meanwhile the gateway serves both
+    cohorts, and Prometheus still scrapes every replica (tests/e2e/test_monitoring.py)."""
+    engine = docker.from_env()
+    front, api_net = f"{stack.name}-net", f"{stack.name}-api-net"
+
+    def address(container: str, network: str) -> str:
+        c = engine.containers.get(f"{stack.name}-{container}")
+        return c.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
+
+    # The host's own address on the API network's bridge, and a port the test listens on there
+    # (on every address of the host): a container must not reach it.
+    host = engine.networks.get(api_net).attrs["IPAM"]["Config"][0]["Gateway"]
+    front_subnet = engine.networks.get(front).attrs["IPAM"]["Config"][0]["Subnet"]
+    subnet_prefix = front_subnet.rsplit(".", 1)[0]
+    listener = socket.create_server(("0.0.0.0", 0))
+    host_port = listener.getsockname()[1]
+    targets = [
+        ("prometheus", address("prometheus", front), 9090),
+        ("prometheus on the API network", address("prometheus", api_net), 9090),
+        ("alertmanager", address("alertmanager", front), 9093),
+        ("exporter", address("exporter", front), 9113),
+        ("blackbox exporter", address("blackbox", front), 9115),
+        # Grafana's fixed address (.42), whether or not its image could be had here
+        ("grafana", subnet_prefix + ".42", 3000),
+        ("stub_status", address("nginx", front), 8081),
+        ("gateway 443", address("nginx", front), 443),
+        ("stub_status on the API network", address("nginx", api_net), 8081),
+        ("gateway 443 on the API network", address("nginx", api_net), 443),
+        ("gateway 80 on the API network", address("nginx", api_net), 80),
+        ("the host", host, host_port),
+    ]
+    victim = engine.containers.get(f"{stack.name}-api-v1-1")
+    assert list(victim.attrs["NetworkSettings"]["Networks"]) == [api_net]
+    assert engine.networks.get(api_net).attrs["Internal"] is True
+    try:
+        code, out = victim.exec_run(["python", "-c", _PROBE, json.dumps(targets)])
+    finally:
+        listener.close()
+    assert code == 0, out
+    seen = json.loads(out)
+    print(json.dumps(seen, indent=1))
+    assert seen.pop("default route") is False
+    assert seen.pop("outside name") != "resolved"
+    assert {name: r for name, r in seen.items() if r == "open"} == {}
+    assert len(seen) == len(targets)
+
+    # Meanwhile the gateway, which does reach the replicas, serves both cohorts.
+    for headers in ({}, {"X-Experiment-Group": "debug"}):
+        r = predict(headers=headers)
+        assert r.status_code == 200, r.text
