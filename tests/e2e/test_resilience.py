@@ -191,6 +191,13 @@ def test_rolling_code_and_model_update_loses_no_requests(
     assert not docker.from_env().containers.list(all=True, filters={"name": f"{v2}-surge"})
     load.assert_no_failure()
     assert_both_cohorts_served(load)
+    # the replaced image's tag is gone once no container uses it: this stack keeps 1 tag
+    keep = stack_settings().get("mlgate_image_keep", 3)
+    repo = f"{stack.name}-api:"  # (an image ID may also carry other stacks' tags)
+    found = docker.from_env().images.list(name=f"{stack.name}-api")
+    tags = [t for i in found for t in i.tags if t.startswith(repo)]
+    running = {t for c in replicas for t in c.image.tags if t.startswith(repo)}
+    assert keep == 1 and set(tags) == running, (tags, running)
 
 
 def test_gateway_config_change_is_a_reload_under_load_losing_no_requests(
