@@ -86,6 +86,10 @@ class PacedLoad(threading.Thread):
         self.errors: list[str] = []
         self.retried = 0
         self.seen: list[tuple[float, str]] = []  # (time, replica) of every answer
+        self.started = time.monotonic()
+        # every answer but 200 and every transport error: (seconds since start, cohort index,
+        # status or error, X-Request-ID), to find them in the gateway's access log
+        self.failures: list[tuple[float, int, str, str]] = []
         self.builds: list[str] = []  # X-Mlgate-Build of every 200 (a code rollout's marker)
 
     def run(self) -> None:
@@ -96,6 +100,7 @@ class PacedLoad(threading.Thread):
             while not self.stopping.is_set():
                 cohort = n % len(self.cohorts)
                 n += 1
+                sent_at = time.monotonic()
                 try:
                     r, again = post_with_keepalive_retry(
                         c,
@@ -107,6 +112,11 @@ class PacedLoad(threading.Thread):
                     self.retried += again
                     self.statuses[r.status_code] += 1
                     self.by_cohort[cohort][r.status_code] += 1
+                    if r.status_code != 200:
+                        self.failures.append(
+                            (sent_at - self.started, cohort, str(r.status_code),
+                             r.headers.get("x-request-id", ""))
+                        )  # fmt: skip
                     self.seen.append((time.monotonic(), r.headers.get("x-mlgate-replica", "")))
                     if r.status_code == 200:
                         self.builds.append(r.headers.get("x-mlgate-build", ""))
@@ -115,7 +125,10 @@ class PacedLoad(threading.Thread):
                 except httpx.HTTPError as exc:
                     self.errors.append(f"{type(exc).__name__}: {exc}")
                     self.by_cohort[cohort]["transport error"] += 1
-                next_at += self.interval
+                    self.failures.append((sent_at - self.started, cohort, type(exc).__name__, ""))
+                # Never faster than `rate`: after a slow answer the schedule restarts from that
+                # request instead of catching up in a burst (which a rate limiter would refuse).
+                next_at = max(next_at, sent_at) + self.interval
                 time.sleep(max(0.0, next_at - time.monotonic()))
 
     def __enter__(self) -> PacedLoad:
@@ -155,6 +168,9 @@ class PacedLoad(threading.Thread):
     def assert_no_failure(self, max_retried: int = 0) -> None:
         """Every request answered 200 (after at most one keep-alive retry each), no more retries
         than ``max_retried`` (0 when nothing is expected to close the connection)."""
-        assert self.errors == [], self.errors[:5]
-        assert set(self.statuses) == {200}, self.statuses
+        timeline = "; ".join(
+            f"{t:.1f} s cohort {c} {what} {rid}".rstrip() for t, c, what, rid in self.failures[:40]
+        )
+        assert self.errors == [], f"{self.errors[:5]} (failures: {timeline})"
+        assert set(self.statuses) == {200}, f"{self.statuses} (failures: {timeline})"
         assert self.retried <= max_retried, f"{self.retried} retries: {self.report()}"

@@ -7,6 +7,7 @@ answer that was cut off, is an error.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 from collections.abc import Callable
@@ -138,3 +139,36 @@ def test_a_second_close_after_the_retry_is_an_error(serve) -> None:
         with pytest.raises(httpx.RemoteProtocolError):
             post_with_keepalive_retry(client, "/predict", json={"s": 2})
     assert server.connections == 2
+
+
+def test_paced_load_never_bursts_to_catch_up_after_a_slow_answer(serve) -> None:
+    """After an answer that took 1 s, the client does not send the requests it "missed" back to
+    back (a rate limiter would refuse them): consecutive requests stay 1/rate apart."""
+    import time
+
+    from tests.loadgen import PacedLoad
+
+    arrivals: list[float] = []
+
+    def handle(conn: socket.socket) -> None:
+        while _read_request(conn):
+            arrivals.append(time.monotonic())
+            if len(arrivals) == 3:
+                time.sleep(1.0)  # the slow answer: 10 requests' worth at 10 r/s
+            conn.sendall(OK)
+
+    server = serve(handle)
+    load = PacedLoad(server.url, ca=None, auth=("u", "p"), rate=10.0)
+    load.start()
+    deadline = time.monotonic() + 10
+    while len(arrivals) < 12 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    load.stop()
+    assert len(arrivals) >= 12, arrivals
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    # Sent 0.1 s apart at least (sleep never wakes early); arrival times carry a few ms of
+    # scheduling jitter. A catch-up burst would show gaps of about a millisecond.
+    assert min(gaps) >= 0.08, [round(g, 3) for g in gaps]
+    # what a 10 r/s limiter sees: never more than 10 requests (+1 at the edges) in a second
+    assert max(sum(a <= t < a + 1.0 for t in arrivals) for a in arrivals) <= 11
+    assert set(load.statuses) == {200} and load.failures == []
