@@ -246,8 +246,7 @@ def test_spoofed_experiment_headers_never_reach_v2(predict) -> None:
 # --- network segmentation ---------------------------------------------------------------
 
 # Run inside an API container: try every (name, host, port) given as JSON in argv[1] at once
-# (2 s each), print {name: "open" | the error}; also whether the container has a default route
-# and whether an outside name resolves.
+# (2 s each), print {name: "open" | the error}; also whether an outside name resolves.
 _PROBE = r"""
 import json, socket, sys, threading
 out = {}
@@ -260,8 +259,6 @@ def attempt(name, host, port):
 threads = [threading.Thread(target=attempt, args=t) for t in json.loads(sys.argv[1])]
 [t.start() for t in threads]
 [t.join() for t in threads]
-with open("/proc/net/route") as f:
-    out["default route"] = any(line.split()[1] == "00000000" for line in f.readlines()[1:])
 try:
     socket.getaddrinfo("deb.debian.org", 443)
     out["outside name"] = "resolved"
@@ -272,11 +269,14 @@ print(json.dumps(out))
 
 
 def test_an_api_container_reaches_nothing_but_what_it_needs(stack: Stack, predict) -> None:
-    """From inside the API container that parses untrusted input, measured: no route out, no
-    outside name, no connection to the monitoring plane (Prometheus and its admin endpoints,
-    Alertmanager, Grafana, both exporters), to the gateway's listeners (stub_status, 80, 443)
-    on either of its addresses, or to the host itself; and meanwhile the gateway serves both
-    cohorts, and Prometheus still scrapes every replica (tests/e2e/test_monitoring.py)."""
+    """From inside the API container that parses untrusted input, measured: no outside name, no
+    connection to the monitoring plane (Prometheus and its admin endpoints, Alertmanager,
+    Grafana, both exporters), to the gateway's listeners (stub_status, 80, 443) on either of its
+    addresses, or to the host itself; and meanwhile the gateway serves both cohorts, and
+    Prometheus still scrapes every replica (tests/e2e/test_monitoring.py). The container's
+    network is internal: Docker drops whatever it sends outside its subnet (no forwarding, no
+    NAT), the rule the stack-network addresses above run into (a routing entry to the bridge
+    exists all the same, Docker 20.10 puts one there)."""
     engine = docker.from_env()
     front, api_net = f"{stack.name}-net", f"{stack.name}-api-net"
 
@@ -319,7 +319,6 @@ def test_an_api_container_reaches_nothing_but_what_it_needs(stack: Stack, predic
     assert code == 0, out
     seen = json.loads(out)
     print(json.dumps(seen, indent=1))
-    assert seen.pop("default route") is False
     assert seen.pop("outside name") != "resolved"
     assert {name: r for name, r in seen.items() if r == "open"} == {}
     assert len(seen) == len(targets)

@@ -1,11 +1,11 @@
 """Ansible filters of the mlgate role: the stack's second network.
 
-``mlgate_api_subnet``: the default subnet of the API network (internal, no route out) of a
-stack whose main network is ``subnet``. It is a /24 in the same private range, found by
-flipping one bit, so that every stack gets its own pair without a second setting:
-10.B.C.0/24 -> 10.(B xor 1).C.0/24, 172.B.C.0/24 (B 16-31) -> 172.(B xor 1).C.0/24,
-192.168.C.0/24 -> 192.168.(C xor 128).0/24. Anything else is refused with a sentence that
-names the setting to give instead (``mlgate_api_network_subnet``).
+``mlgate_api_subnet``: the default subnet of the API network (internal: Docker forwards
+nothing out of it) of a stack whose main network is ``subnet``. It is a /24 in the same
+private range, found by flipping one bit, so that every stack gets its own pair without a
+second setting: 10.B.C.0/24 -> 10.(B xor 1).C.0/24, 172.B.C.0/24 (B 16-31) ->
+172.(B xor 1).C.0/24, 192.168.C.0/24 -> 192.168.(C xor 128).0/24. Anything else is refused
+with a sentence that names the setting to give instead (``mlgate_api_network_subnet``).
 """
 
 from __future__ import annotations
