@@ -86,6 +86,7 @@ class PacedLoad(threading.Thread):
         self.errors: list[str] = []
         self.retried = 0
         self.seen: list[tuple[float, str]] = []  # (time, replica) of every answer
+        self.sent_times: list[float] = []  # time.monotonic() each request went out
         self.started = time.monotonic()
         # every answer but 200 and every transport error: (seconds since start, cohort index,
         # status or error, X-Request-ID), to find them in the gateway's access log
@@ -101,6 +102,7 @@ class PacedLoad(threading.Thread):
                 cohort = n % len(self.cohorts)
                 n += 1
                 sent_at = time.monotonic()
+                self.sent_times.append(sent_at)
                 try:
                     r, again = post_with_keepalive_retry(
                         c,

@@ -165,10 +165,12 @@ def test_paced_load_never_bursts_to_catch_up_after_a_slow_answer(serve) -> None:
         time.sleep(0.05)
     load.stop()
     assert len(arrivals) >= 12, arrivals
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    # Sent 0.1 s apart at least (sleep never wakes early); arrival times carry a few ms of
-    # scheduling jitter. A catch-up burst would show gaps of about a millisecond.
-    assert min(gaps) >= 0.08, [round(g, 3) for g in gaps]
-    # what a 10 r/s limiter sees: never more than 10 requests (+1 at the edges) in a second
-    assert max(sum(a <= t < a + 1.0 for t in arrivals) for a in arrivals) <= 11
+    # Measured where it is decided, at the client (the server's clock adds its own scheduling
+    # delays on a busy machine): each request goes out no sooner than 1/rate after the one
+    # before (sleep never wakes early), the slow one included. A catch-up burst would show
+    # about ten gaps of a millisecond right after the 1 s one.
+    sent = load.sent_times
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert len(sent) >= 12 and max(gaps) >= 1.0, [round(g, 3) for g in gaps]
+    assert min(gaps) >= 0.1 - 1e-6, [round(g, 3) for g in gaps]  # (float rounding)
     assert set(load.statuses) == {200} and load.failures == []
