@@ -4,10 +4,15 @@
 #
 # MOLECULE_LANES lists the lanes, separated by `|`; a lane's scenarios run one after the other
 # and the lane stops at its first failure. `name@dep` waits until scenario `dep` has passed
-# (and is not run if `dep` failed or was not reached). Default:
-#   docker_host api default | certs htpasswd nginx@api monitoring | remote@api
+# (and is not run if `dep` failed or was not reached). `name^dep` runs `name`'s steps up to
+# `create` at once and waits for `dep` only before `converge` (molecule destroy, syntax,
+# create; then converge, idempotence, verify; destroy in any case: `molecule test`'s sequence,
+# split). Both may be given: `name@a^b`. Default:
+#   docker_host api default | certs htpasswd nginx@api monitoring | remote@docker_host^api
 # The `@api` waits keep every scenario that deploys the API from building the caches they all
-# share (base image, wheelhouse, model) at the same time: `api` builds them first. `monitoring`
+# share (base image, wheelhouse, model) at the same time: `api` builds them first. `remote`
+# only needs the base image for its hosts (`create`, after `docker_host`), and starts them while
+# `api` runs. `monitoring`
 # follows `nginx` rather than starting beside `default`: by then `default` has built the
 # gateway's images and it finds them in Docker's build cache instead of building them again. Every
 # scenario has its own stack, network and ports (and remote its own hosts), so the lanes never
@@ -22,7 +27,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 # (ansible.posix.profile_tasks): where a slow run spends its time is in its log.
 export ANSIBLE_CALLBACKS_ENABLED=${ANSIBLE_CALLBACKS_ENABLED-ansible.posix.profile_tasks}
 molecule=${MOLECULE:-molecule} # the command (tests of this script use a stand-in)
-lanes_spec=${MOLECULE_LANES-docker_host api default | certs htpasswd nginx@api monitoring | remote@api}
+lanes_spec=${MOLECULE_LANES-docker_host api default | certs htpasswd nginx@api monitoring | remote@docker_host^api}
 logs=${MOLECULE_LOGS:-.mlgate/molecule-logs} # (tests of this script use their own)
 mkdir -p "$logs"
 rm -f "$logs"/*.rc "$logs"/*.took "$logs"/*.lane-done "$logs"/*.skipped
@@ -32,12 +37,21 @@ all=$(date +%s)
 declare -A lane_of=()
 lanes=()
 IFS='|' read -r -a specs <<<"$lanes_spec"
+# A lane item: name, name@dep (wait before starting), name^dep (wait before converge), name@a^b.
+parse_item() {
+  [[ "$1" =~ ^([^@^]+)(@([^@^]+))?(\^([^@^]+))?$ ]] || {
+    echo "molecule: cannot read lane item '$1'" >&2
+    exit 2
+  }
+  name=${BASH_REMATCH[1]} dep=${BASH_REMATCH[3]} late_dep=${BASH_REMATCH[5]}
+}
 for spec in "${specs[@]}"; do
   lane=""
   for item in $spec; do
-    [[ " $* " == *" ${item%%@*} "* ]] || continue
+    parse_item "$item"
+    [[ " $* " == *" $name "* ]] || continue
     lane+="$item "
-    lane_of[${item%%@*}]=${#lanes[@]}
+    lane_of[$name]=${#lanes[@]}
   done
   [[ -n "$lane" ]] && lanes+=("$lane")
 done
@@ -60,25 +74,51 @@ wait_for() {
   done
 }
 
+# `molecule <step> -s <scenario>` for each step given, in turn, until one fails; output to the
+# terminal on the first lane, to the scenario's log on the others. Returns the failed step's rc.
+steps() {
+  local lane=$1 s=$2 step rc
+  shift 2
+  for step in "$@"; do
+    if [[ "$lane" == 0 ]]; then
+      "$molecule" "$step" -s "$s" </dev/null
+    else
+      "$molecule" "$step" -s "$s" </dev/null >>"$logs/$s.log" 2>&1
+    fi
+    rc=$?
+    [[ "$rc" == 0 ]] || return "$rc"
+  done
+}
+
 # Run lane $1: its scenarios in turn; stop at the first failure or failed dependency.
 run_lane() {
-  local i=$1 item s dep start rc
+  local i=$1 item s start rc name dep late_dep
   for item in ${lanes[$i]}; do
-    s=${item%%@*}
-    dep=""
-    [[ "$item" == *@* ]] && dep=${item#*@}
+    parse_item "$item"
+    s=$name
     if [[ -n "$dep" && -n "${lane_of[$dep]+x}" ]] && ! wait_for "$dep"; then
       echo "molecule: $s not run: $dep did not pass"
       echo "not run: $dep did not pass" >"$logs/$s.skipped"
       break
     fi
     start=$(date +%s)
-    if [[ "$i" == 0 ]]; then
-      "$molecule" test -s "$s" </dev/null
+    : >"$logs/$s.log"
+    if [[ -n "$late_dep" && -n "${lane_of[$late_dep]+x}" ]]; then
+      steps "$i" "$s" destroy syntax create
+      rc=$?
+      if [[ "$rc" == 0 ]] && ! wait_for "$late_dep"; then
+        echo "molecule: $s stopped after create: $late_dep did not pass"
+        echo "stopped after create: $late_dep did not pass" >"$logs/$s.skipped"
+        steps "$i" "$s" destroy
+        break
+      fi
+      [[ "$rc" == 0 ]] && steps "$i" "$s" converge idempotence verify
+      rc=$?
+      steps "$i" "$s" destroy || [[ "$rc" != 0 ]] || rc=1
     else
-      "$molecule" test -s "$s" </dev/null >"$logs/$s.log" 2>&1
+      steps "$i" "$s" test
+      rc=$?
     fi
-    rc=$?
     echo $(($(date +%s) - start)) >"$logs/$s.took"
     echo "$rc" >"$logs/$s.rc"
     if [[ "$rc" != 0 ]]; then
@@ -107,7 +147,8 @@ for ((i = 0; i < ${#lanes[@]}; i++)); do
   where=""
   [[ "$i" -gt 0 ]] && where=" (lane $((i + 1)))"
   for item in ${lanes[$i]}; do
-    s=${item%%@*}
+    parse_item "$item"
+    s=$name
     if [[ "$i" -gt 0 && -f "$logs/$s.log" ]]; then
       echo "==> molecule: $s$where, $logs/$s.log <=="
       cat "$logs/$s.log"

@@ -184,17 +184,39 @@ def api_containers(host: str) -> set[str]:
     return {name for name in containers_on(host) if "-api-" in name}
 
 
+def task_results(out: str, task: str) -> list[tuple[int, str]]:
+    """The outcome word (ok, changed, skipping, ...) of each run of a task, in the order they
+    ran, with the position of its header in ansible-playbook's output: [(pos, outcome)]."""
+    found = []
+    header = f"TASK [{task}]"
+    pos = out.find(header)
+    while pos >= 0:
+        end = out.find("TASK [", pos + len(header))
+        body = out[pos : end if end >= 0 else len(out)]
+        outcome = next(
+            (w for w in ("changed", "ok", "skipping", "fatal", "failed") if f"{w}: [" in body),
+            "?",
+        )
+        found.append((pos, outcome))
+        pos = out.find(header, pos + len(header))
+    return found
+
+
 def test_reshaping_the_fleet_leaves_no_orphan_and_serves_both_cohorts(remote: Remote) -> None:
     """Fewer replicas and a node taken out of mlgate_api (still in the inventory): v1-2 moves
     to the first node, v1-3 goes, v2 moves from the second node to the first; the second node
     ends with no API container (a leftover would serve an unauthenticated API on its internal
     address). Under load of both cohorts, no request fails: the gateway is reloaded onto the
-    new placement before anything is removed. Then back to the inventory's placement."""
+    new placement before anything is removed. Then back to the inventory's placement. Both runs
+    re-run the roles a placement touches (--tags api,nginx,monitoring: the replicas, the
+    gateway's upstreams, Prometheus' targets, the removal of the unwanted containers and the
+    smoke test); the engines, certificates and credentials do not change."""
     cfg, stack = remote.cfg, remote.cfg["stack"]
     first, second = cfg["api_nodes"]
     reshape = json.dumps({"mlgate_api_v1_replicas": 2, "mlgate_api_nodes": [first]})
+    placement = ("--tags", "api,nginx,monitoring")
     with remote.load(headers=BOTH_COHORTS) as load:
-        done = run_site(cfg, "-e", reshape)
+        done = run_site(cfg, *placement, "-e", reshape)
     assert done.returncode == 0, done.stdout[-6000:]
     print(f"\nfleet reshaped: {load.report()}")
     # one gateway reload (new upstreams): it may close the idle keep-alive connection once
@@ -205,9 +227,18 @@ def test_reshaping_the_fleet_leaves_no_orphan_and_serves_both_cohorts(remote: Re
     debug = remote.predict("where is v2 now?", headers={"X-Experiment-Group": "debug"})
     assert debug.status_code == 200 and debug.headers["x-mlgate-replica"] == f"{stack}-api-v2-1"
     assert containers_on(first)[f"{stack}-api-v2-1"].startswith(cfg["addresses"][first])
+    # v1-2 and v2-1, new on the first node, were both started before either was waited for
+    moved = (f"{stack}-api-v1-2", f"{stack}-api-v2-1")
+    wait = "api : Wait until it serves the model, before the next replica is touched, for "
+    started = [task_results(done.stdout, f"api : Run the API container {n}")[0] for n in moved]
+    assert [outcome for _, outcome in started] == ["changed", "changed"], started
+    waited = [
+        p for n in moved for p, outcome in task_results(done.stdout, wait + n) if outcome == "ok"
+    ]
+    assert len(waited) == 2 and max(p for p, _ in started) < min(waited), (started, waited)
 
     with remote.load(headers=BOTH_COHORTS) as load:
-        done = run_site(cfg)
+        done = run_site(cfg, *placement)
     assert done.returncode == 0, done.stdout[-6000:]
     print(f"fleet restored: {load.report()}")
     load.assert_no_failure(max_retried=1)

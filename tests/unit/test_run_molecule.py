@@ -14,21 +14,22 @@ SCRIPT = ROOT / "scripts" / "run-molecule.sh"
 
 @pytest.fixture
 def fake(tmp_path: Path):
-    """A stand-in for `molecule test -s <name>`: appends `start <name> <t>` and `end <name> <t>`
-    to a journal, sleeps SLEEP_<name> seconds (default 0.3), exits 1 for names in FAIL."""
+    """A stand-in for `molecule <step> -s <name>`: appends `start <name> <t> <step>` and
+    `end <name> <t> <step>` to a journal, sleeps SLEEP_<name> seconds (default 0.3) for a `test`
+    or `converge`, exits 1 for names in FAIL (`name` fails every step, `name:step` that one)."""
     journal = tmp_path / "journal"
     stub = tmp_path / "molecule"
     stub.write_text(
         textwrap.dedent(
             """\
             #!/usr/bin/env bash
-            name=$3
-            echo "start $name $(date +%s.%N)" >>"$JOURNAL"
+            step=$1 name=$3
+            echo "start $name $(date +%s.%N) $step" >>"$JOURNAL"
             var="SLEEP_$name"
-            sleep "${!var:-0.3}"
-            echo "end $name $(date +%s.%N)" >>"$JOURNAL"
-            echo "output of $name"
-            [[ " $FAIL " == *" $name "* ]] && exit 1
+            [[ "$step" == test || "$step" == converge ]] && sleep "${!var:-0.3}"
+            echo "end $name $(date +%s.%N) $step" >>"$JOURNAL"
+            echo "output of $name $step"
+            [[ " $FAIL " == *" $name "* || " $FAIL " == *" $name:$step "* ]] && exit 1
             exit 0
             """
         )
@@ -51,10 +52,14 @@ def fake(tmp_path: Path):
         proc = subprocess.run(
             [str(SCRIPT), *scenarios], env=env, capture_output=True, text=True, timeout=60
         )
-        events = {}
+        # (kind, name): the first start, the last end; (kind, name, step): that step's
+        events: dict = {}
         for line in journal.read_text().splitlines():
-            kind, name, t = line.split()
-            events[(kind, name)] = float(t)
+            kind, name, t, step = line.split()
+            if kind == "end" or (kind, name) not in events:
+                events[(kind, name)] = float(t)
+            events[(kind, name, step)] = float(t)
+            events.setdefault(("steps", name), []).append(step) if kind == "start" else None
         return proc, events
 
     return run
@@ -108,6 +113,37 @@ def test_only_the_scenarios_given_run_and_absent_dependencies_are_not_awaited(fa
     # d waits on a, which is not part of this run; x is in no lane: it joins the first lane
     proc, ev = fake("b", "d", "x", lanes="a b | c d@a", b=1.0)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert {name for _, name in ev} == {"b", "d", "x"}
+    assert {key[1] for key in ev} == {"b", "d", "x"}
     assert ev[("start", "d")] < ev[("end", "b")]  # not held back by the absent a
     assert ev[("start", "x")] >= ev[("end", "b")]
+
+
+def test_a_late_dependency_holds_back_converge_only(fake) -> None:
+    # c^a: c's hosts are created while a runs; its converge waits until a has passed
+    proc, ev = fake("a", "c", lanes="a | c^a", a=1.0, c=0.2)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ev[("end", "c", "create")] < ev[("end", "a")]
+    assert ev[("start", "c", "converge")] >= ev[("end", "a")]
+    assert ev[("steps", "c")] == [
+        "destroy", "syntax", "create", "converge", "idempotence", "verify", "destroy",
+    ]  # fmt: skip
+    assert ev[("steps", "a")] == ["test"]
+    assert "\n  c " in proc.stdout
+
+
+def test_a_failed_late_dependency_destroys_what_was_created(fake) -> None:
+    proc, ev = fake("a", "c", lanes="a | c@a^a", fail="a")
+    assert ("start", "c") not in ev  # @a: not even created
+    proc, ev = fake("a", "c", lanes="a | c^a", fail="a")
+    assert proc.returncode != 0
+    assert ev[("steps", "c")] == ["destroy", "syntax", "create", "destroy"]
+    assert "c stopped after create: a did not pass" in proc.stdout
+
+
+def test_a_failed_step_of_a_split_sequence_still_destroys(fake) -> None:
+    proc, ev = fake("a", "c", lanes="a | c^a", fail="c:converge")
+    assert proc.returncode != 0
+    assert ev[("steps", "c")] == [
+        "destroy", "syntax", "create", "converge", "destroy",
+    ]  # fmt: skip
+    assert "molecule: c FAILED after" in proc.stdout
