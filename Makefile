@@ -98,10 +98,11 @@ e2e: venv collections ## end-to-end tests: deploy a throwaway stack (mlgate-e2e)
 
 # Molecule scenarios (molecule/<name>/). `make molecule SCENARIOS="certs nginx"` runs some of
 # them. They run in MOLECULE_LANES, lanes side by side separated by `|`, each lane in turn;
-# `name@dep` waits until dep has passed (scripts/run-molecule.sh). MOLECULE_LANES= runs every
+# `name@dep` waits until dep has passed, `name^dep` until before converge, `dep.converge` until
+# dep has converged (scripts/run-molecule.sh). MOLECULE_LANES= runs every
 # scenario in turn, in one lane.
 SCENARIOS ?= docker_host certs htpasswd api nginx monitoring default remote
-MOLECULE_LANES ?= docker_host api default | certs htpasswd nginx@api monitoring | remote@docker_host^api
+MOLECULE_LANES ?= docker_host api default | certs htpasswd nginx@api,default.converge monitoring | remote@docker_host^api
 
 molecule: venv collections ## molecule test of each scenario (three lanes), with durations
 	MOLECULE_LANES="$(MOLECULE_LANES)" scripts/run-molecule.sh $(SCENARIOS)

@@ -7,14 +7,15 @@
 # (and is not run if `dep` failed or was not reached). `name^dep` runs `name`'s steps up to
 # `create` at once and waits for `dep` only before `converge` (molecule destroy, syntax,
 # create; then converge, idempotence, verify; destroy in any case: `molecule test`'s sequence,
-# split). Both may be given: `name@a^b`. Default:
-#   docker_host api default | certs htpasswd nginx@api monitoring | remote@docker_host^api
-# The `@api` waits keep every scenario that deploys the API from building the caches they all
-# share (base image, wheelhouse, model) at the same time: `api` builds them first. `remote`
-# only needs the base image for its hosts (`create`, after `docker_host`), and starts them while
-# `api` runs. `monitoring`
-# follows `nginx` rather than starting beside `default`: by then `default` has built the
-# gateway's images and it finds them in Docker's build cache instead of building them again. Every
+# split). Both may be given: `name@a^b`; each may list several, `name@a,b`. A dependency
+# `dep.converge` is met as soon as `dep`'s converge has passed (`dep` then runs split). Default:
+#   docker_host api default | certs htpasswd nginx@api,default.converge monitoring | remote@docker_host^api
+# The waits keep scenarios from building the same things at the same time: `api` builds what
+# every scenario that deploys the API shares (wheelhouse, model; `docker_host` has built the
+# base image by then), and `default`'s converge builds every gateway image, which `nginx` and
+# then `monitoring` find in Docker's build cache instead of building them again beside it.
+# `remote` only needs the base image for its hosts (`create`, after `docker_host`), and starts
+# them while `api` runs (its hosts build their own images, in their own engines). Every
 # scenario has its own stack, network and ports (and remote its own hosts), so the lanes never
 # touch each other's containers. The first lane prints as it goes; the other lanes' output goes
 # to .mlgate/molecule-logs/<scenario>.log and is printed when every lane is done.
@@ -27,19 +28,21 @@ export PATH="$PWD/.venv/bin:$PATH"
 # (ansible.posix.profile_tasks): where a slow run spends its time is in its log.
 export ANSIBLE_CALLBACKS_ENABLED=${ANSIBLE_CALLBACKS_ENABLED-ansible.posix.profile_tasks}
 molecule=${MOLECULE:-molecule} # the command (tests of this script use a stand-in)
-lanes_spec=${MOLECULE_LANES-docker_host api default | certs htpasswd nginx@api monitoring | remote@docker_host^api}
+lanes_spec=${MOLECULE_LANES-docker_host api default | certs htpasswd nginx@api,default.converge monitoring | remote@docker_host^api}
 logs=${MOLECULE_LOGS:-.mlgate/molecule-logs} # (tests of this script use their own)
 mkdir -p "$logs"
-rm -f "$logs"/*.rc "$logs"/*.took "$logs"/*.lane-done "$logs"/*.skipped
+rm -f "$logs"/*.rc "$logs"/*.took "$logs"/*.lane-done "$logs"/*.skipped "$logs"/*.converged
 all=$(date +%s)
 
-# The lanes, keeping only the scenarios of this run; lane_of[scenario] = its lane's index.
-declare -A lane_of=()
+# The lanes, keeping only the scenarios of this run; lane_of[scenario] = its lane's index;
+# split[scenario] set when another item waits for its converge.
+declare -A lane_of=() split=()
 lanes=()
 IFS='|' read -r -a specs <<<"$lanes_spec"
-# A lane item: name, name@dep (wait before starting), name^dep (wait before converge), name@a^b.
+# A lane item: name, name@deps (wait before starting), name^deps (wait before converge),
+# name@a^b; deps: comma-separated scenarios or scenario.converge.
 parse_item() {
-  [[ "$1" =~ ^([^@^]+)(@([^@^]+))?(\^([^@^]+))?$ ]] || {
+  [[ "$1" =~ ^([^@^.,]+)(@([^@^]+))?(\^([^@^]+))?$ ]] || {
     echo "molecule: cannot read lane item '$1'" >&2
     exit 2
   }
@@ -52,6 +55,9 @@ for spec in "${specs[@]}"; do
     [[ " $* " == *" $name "* ]] || continue
     lane+="$item "
     lane_of[$name]=${#lanes[@]}
+    for d in ${dep//,/ } ${late_dep//,/ }; do
+      [[ "$d" == *.converge ]] && split[${d%.converge}]=1
+    done
   done
   [[ -n "$lane" ]] && lanes+=("$lane")
 done
@@ -64,14 +70,38 @@ if [[ -n "$rest" ]]; then
 fi
 
 # Wait until scenario $1 has a result; succeed only if it passed. A scenario that never runs
-# (its lane stopped earlier) counts as not passed once its lane is done.
+# (its lane stopped earlier) counts as not passed once its lane is done. `name.converge`: until
+# that scenario's converge has passed (not if it ended without).
 wait_for() {
-  local dep=$1
+  local dep=${1%.converge}
   while :; do
-    [[ -f "$logs/$dep.rc" ]] && { [[ "$(cat "$logs/$dep.rc")" == 0 ]]; return; }
+    [[ "$1" == *.converge && -f "$logs/$dep.converged" ]] && return 0
+    [[ -f "$logs/$dep.rc" ]] && { [[ "$1" != *.converge && "$(cat "$logs/$dep.rc")" == 0 ]]; return; }
     [[ -f "$logs/${lane_of[$dep]}.lane-done" ]] && return 1
     sleep 2
   done
+}
+
+# Wait for each dependency of the comma-separated list $1 that is part of this run; fail (and
+# print it) at the first one that did not pass. Succeeds with nothing to wait for.
+await() {
+  local d
+  for d in ${1//,/ }; do
+    [[ -n "${lane_of[${d%.converge}]+x}" ]] || continue
+    wait_for "$d" || {
+      echo "$d"
+      return 1
+    }
+  done
+}
+
+# Does the comma-separated list $1 name a dependency that is part of this run?
+any_in_run() {
+  local d
+  for d in ${1//,/ }; do
+    [[ -n "${lane_of[${d%.converge}]+x}" ]] && return 0
+  done
+  return 1
 }
 
 # `molecule <step> -s <scenario>` for each step given, in turn, until one fails; output to the
@@ -92,27 +122,28 @@ steps() {
 
 # Run lane $1: its scenarios in turn; stop at the first failure or failed dependency.
 run_lane() {
-  local i=$1 item s start rc name dep late_dep
+  local i=$1 item s start rc name dep late_dep missed
   for item in ${lanes[$i]}; do
     parse_item "$item"
     s=$name
-    if [[ -n "$dep" && -n "${lane_of[$dep]+x}" ]] && ! wait_for "$dep"; then
-      echo "molecule: $s not run: $dep did not pass"
-      echo "not run: $dep did not pass" >"$logs/$s.skipped"
+    if ! missed=$(await "$dep"); then
+      echo "molecule: $s not run: $missed did not pass"
+      echo "not run: $missed did not pass" >"$logs/$s.skipped"
       break
     fi
     start=$(date +%s)
     : >"$logs/$s.log"
-    if [[ -n "$late_dep" && -n "${lane_of[$late_dep]+x}" ]]; then
+    if any_in_run "$late_dep" || [[ -n "${split[$s]+x}" ]]; then
       steps "$i" "$s" destroy syntax create
       rc=$?
-      if [[ "$rc" == 0 ]] && ! wait_for "$late_dep"; then
-        echo "molecule: $s stopped after create: $late_dep did not pass"
-        echo "stopped after create: $late_dep did not pass" >"$logs/$s.skipped"
+      if [[ "$rc" == 0 ]] && ! missed=$(await "$late_dep"); then
+        echo "molecule: $s stopped after create: $missed did not pass"
+        echo "stopped after create: $missed did not pass" >"$logs/$s.skipped"
         steps "$i" "$s" destroy
         break
       fi
-      [[ "$rc" == 0 ]] && steps "$i" "$s" converge idempotence verify
+      [[ "$rc" == 0 ]] && steps "$i" "$s" converge && touch "$logs/$s.converged" &&
+        steps "$i" "$s" idempotence verify
       rc=$?
       steps "$i" "$s" destroy || [[ "$rc" != 0 ]] || rc=1
     else

@@ -15,8 +15,9 @@ SCRIPT = ROOT / "scripts" / "run-molecule.sh"
 @pytest.fixture
 def fake(tmp_path: Path):
     """A stand-in for `molecule <step> -s <name>`: appends `start <name> <t> <step>` and
-    `end <name> <t> <step>` to a journal, sleeps SLEEP_<name> seconds (default 0.3) for a `test`
-    or `converge`, exits 1 for names in FAIL (`name` fails every step, `name:step` that one)."""
+    `end <name> <t> <step>` to a journal, sleeps SLEEP_<name> seconds (default 0.3) for a
+    `test`, `converge` or `verify`, exits 1 for names in FAIL (`name` fails every step,
+    `name:step` that one)."""
     journal = tmp_path / "journal"
     stub = tmp_path / "molecule"
     stub.write_text(
@@ -26,7 +27,7 @@ def fake(tmp_path: Path):
             step=$1 name=$3
             echo "start $name $(date +%s.%N) $step" >>"$JOURNAL"
             var="SLEEP_$name"
-            [[ "$step" == test || "$step" == converge ]] && sleep "${!var:-0.3}"
+            case $step in test | converge | verify) sleep "${!var:-0.3}" ;; esac
             echo "end $name $(date +%s.%N) $step" >>"$JOURNAL"
             echo "output of $name $step"
             [[ " $FAIL " == *" $name "* || " $FAIL " == *" $name:$step "* ]] && exit 1
@@ -147,3 +148,31 @@ def test_a_failed_step_of_a_split_sequence_still_destroys(fake) -> None:
         "destroy", "syntax", "create", "converge", "destroy",
     ]  # fmt: skip
     assert "molecule: c FAILED after" in proc.stdout
+
+
+def test_a_converge_dependency_waits_for_that_step_only(fake) -> None:
+    # c@a.converge: a runs split; c starts once a's converge passed, while a still verifies
+    proc, ev = fake("a", "b", "c", lanes="a b | c@a.converge", a=1.0, c=0.2)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ev[("steps", "a")] == [
+        "destroy", "syntax", "create", "converge", "idempotence", "verify", "destroy",
+    ]  # fmt: skip
+    assert ev[("start", "c")] >= ev[("end", "a", "converge")]
+    assert ev[("start", "c")] < ev[("end", "a", "verify")]
+    assert ev[("steps", "b")] == ["test"]
+
+
+def test_a_converge_dependency_never_converged_stops_the_dependant(fake) -> None:
+    proc, ev = fake("a", "c", lanes="a | c@a.converge", fail="a:converge")
+    assert proc.returncode != 0
+    assert ("start", "c") not in ev
+    assert "c not run: a.converge did not pass" in proc.stdout
+
+
+def test_several_dependencies_are_all_awaited(fake) -> None:
+    proc, ev = fake("a", "b", "c", lanes="a | b | c@a,b", a=0.3, b=1.0, c=0.1)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ev[("start", "c")] >= max(ev[("end", "a")], ev[("end", "b")])
+    proc, ev = fake("a", "b", "c", lanes="a | b | c@a,b", fail="b")
+    assert ("start", "c") not in ev
+    assert "c not run: b did not pass" in proc.stdout
