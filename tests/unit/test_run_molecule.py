@@ -17,7 +17,7 @@ def fake(tmp_path: Path):
     """A stand-in for `molecule <step> -s <name>`: appends `start <name> <t> <step>` and
     `end <name> <t> <step>` to a journal, sleeps SLEEP_<name> seconds (default 0.3) for a
     `test`, `converge` or `verify`, exits 1 for names in FAIL (`name` fails every step,
-    `name:step` that one)."""
+    `name:step` that one), holds a step's end until another event (HOLD_<name>_<step>)."""
     journal = tmp_path / "journal"
     stub = tmp_path / "molecule"
     stub.write_text(
@@ -28,6 +28,16 @@ def fake(tmp_path: Path):
             echo "start $name $(date +%s.%N) $step" >>"$JOURNAL"
             var="SLEEP_$name"
             case $step in test | converge | verify) sleep "${!var:-0.3}" ;; esac
+            # HOLD_<name>_<step>="<kind> <other> <step>": end only once the journal shows that
+            # event (at most 30 s), so that an order the script must allow is not left to timing
+            hold="HOLD_${name}_${step}"
+            if [[ -n "${!hold:-}" ]]; then
+              read -r kind other other_step <<<"${!hold}"
+              for _ in $(seq 300); do
+                grep -q "^$kind $other [0-9.]* $other_step$" "$JOURNAL" && break
+                sleep 0.1
+              done
+            fi
             echo "end $name $(date +%s.%N) $step" >>"$JOURNAL"
             echo "output of $name $step"
             [[ " $FAIL " == *" $name "* || " $FAIL " == *" $name:$step "* ]] && exit 1
@@ -37,7 +47,13 @@ def fake(tmp_path: Path):
     )
     stub.chmod(0o755)
 
-    def run(*scenarios: str, lanes: str | None = None, fail: str = "", **sleeps: float):
+    def run(
+        *scenarios: str,
+        lanes: str | None = None,
+        fail: str = "",
+        hold: dict[str, str] | None = None,
+        **sleeps: float,
+    ):
         env = dict(
             os.environ,
             MOLECULE=str(stub),
@@ -49,6 +65,7 @@ def fake(tmp_path: Path):
         if lanes is not None:
             env["MOLECULE_LANES"] = lanes
         env.update({f"SLEEP_{k}": str(v) for k, v in sleeps.items()})
+        env.update({f"HOLD_{k}": v for k, v in (hold or {}).items()})
         journal.write_text("")
         proc = subprocess.run(
             [str(SCRIPT), *scenarios], env=env, capture_output=True, text=True, timeout=60
@@ -120,8 +137,10 @@ def test_only_the_scenarios_given_run_and_absent_dependencies_are_not_awaited(fa
 
 
 def test_a_late_dependency_holds_back_converge_only(fake) -> None:
-    # c^a: c's hosts are created while a runs; its converge waits until a has passed
-    proc, ev = fake("a", "c", lanes="a | c^a", a=1.0, c=0.2)
+    # c^a: c's hosts are created while a runs (a ends only once c's create has ended: if c
+    # waited for a before create, a would end after 30 s, and the first check would fail);
+    # c's converge waits until a has passed
+    proc, ev = fake("a", "c", lanes="a | c^a", hold={"a_test": "end c create"}, a=0.2, c=0.2)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert ev[("end", "c", "create")] < ev[("end", "a")]
     assert ev[("start", "c", "converge")] >= ev[("end", "a")]
@@ -152,7 +171,9 @@ def test_a_failed_step_of_a_split_sequence_still_destroys(fake) -> None:
 
 def test_a_converge_dependency_waits_for_that_step_only(fake) -> None:
     # c@a.converge: a runs split; c starts once a's converge passed, while a still verifies
-    proc, ev = fake("a", "b", "c", lanes="a b | c@a.converge", a=1.0, c=0.2)
+    # (a's verify ends only once c has started)
+    hold = {"a_verify": "start c test"}
+    proc, ev = fake("a", "b", "c", lanes="a b | c@a.converge", hold=hold, a=0.5, c=0.2)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert ev[("steps", "a")] == [
         "destroy", "syntax", "create", "converge", "idempotence", "verify", "destroy",
