@@ -17,7 +17,7 @@ ARGS ?=
 STACK ?= mlgate
 
 .PHONY: help venv collections model retrain unit e2e molecule lint docs bench-api bench chaos test \
-        start-project stop-project status logs clean docker tools stress
+        start-project upgrade stop-project status logs clean docker tools stress
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) \
@@ -75,6 +75,9 @@ tools: ## install the Debian packages the tests call (debootstrap, wrk, testssl.
 
 start-project: venv collections ## deploy the whole stack with playbooks/site.yml (ARGS=... for extra options)
 	$(ANSIBLE_PLAYBOOK) playbooks/site.yml $(ARGS)
+
+upgrade: venv collections ## refresh the base image with Debian's updates, rebuild every image on it, roll them out
+	$(ANSIBLE_PLAYBOOK) playbooks/site.yml -e docker_host_base_refresh=true $(ARGS)
 
 stop-project: venv ## remove the stack's containers and network (keeps certs, credentials, model)
 	$(ANSIBLE_PLAYBOOK) playbooks/teardown.yml $(ARGS)

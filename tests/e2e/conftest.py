@@ -25,6 +25,8 @@ import httpx
 import pytest
 import yaml
 
+from tests.loadgen import PacedLoad
+
 ROOT = Path(__file__).resolve().parents[2]
 # Another vars file (own stack name, subnet, ports) lets two suites run side by side.
 STACK_VARS = Path(os.environ.get("MLGATE_E2E_VARS", ROOT / "tests" / "e2e" / "stack.yml")).resolve()
@@ -75,6 +77,22 @@ class Stack:
     password: str
     first_run_seconds: float | None
     second_run: subprocess.CompletedProcess | None
+
+
+BOTH_COHORTS = ({}, {"X-Experiment-Group": "debug"})
+
+
+def steady_load(stack: Stack) -> PacedLoad:
+    """8 r/s of POST /predict through the gateway, on one keep-alive connection, alternately
+    without and with ``X-Experiment-Group: debug``: both cohorts, each counted on its own."""
+    return PacedLoad(
+        stack.https, ca=str(stack.ca), auth=(stack.user, stack.password), headers=BOTH_COHORTS
+    )
+
+
+def assert_both_cohorts_served(load: PacedLoad, at_least: int = 10) -> None:
+    """Each cohort got answers (so 'no failure' covers the debug route too)."""
+    assert all(c[200] >= at_least for c in load.by_cohort), load.report()
 
 
 class Pacer:

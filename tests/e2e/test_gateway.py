@@ -35,34 +35,45 @@ def test_second_run_changes_nothing(stack: Stack) -> None:
 
 
 def test_containers_healthy_and_only_gateway_published(stack: Stack) -> None:
+    """The API containers and the gateway are healthy and publish nothing; the gateway's
+    network holder (nginx runs in its network namespace) publishes 80 and 443 on 127.0.0.1."""
     engine = docker.from_env()
     containers = [
         c
         for c in engine.containers.list(
             all=True, filters={"label": f"io.mlgate.stack={stack.name}"}
         )
-        if c.labels.get("io.mlgate.component") in ("api", "nginx")  # monitoring: its own tests
+        # monitoring: its own tests
+        if c.labels.get("io.mlgate.component") in ("api", "nginx", "nginx-netns")
     ]
     names = sorted(c.name for c in containers)
     expected = sorted(
         [f"{stack.name}-api-v1-{i}" for i in (1, 2, 3)]
-        + [f"{stack.name}-api-v2-1", f"{stack.name}-nginx"]
+        + [f"{stack.name}-api-v2-1", f"{stack.name}-nginx", f"{stack.name}-nginx-netns"]
     )
     assert names == expected
+    netns = engine.containers.get(f"{stack.name}-nginx-netns")
+    assert netns.attrs["State"]["Running"] is True
+    ports = {k: v for k, v in (netns.attrs["NetworkSettings"]["Ports"] or {}).items() if v}
+    bound = sorted((b["HostIp"], b["HostPort"]) for v in ports.values() for b in v)
+    settings = stack_settings()
+    assert bound == sorted(
+        ("127.0.0.1", str(settings[k])) for k in ("mlgate_http_port", "mlgate_https_port")
+    )
+    assert netns.attrs["Config"]["User"] == "65534:65534"
+    assert netns.attrs["HostConfig"]["ReadonlyRootfs"] is True
     for c in containers:
+        if c.name == netns.name:
+            continue
         assert c.attrs["State"]["Health"]["Status"] == "healthy", c.name
         ports = {k: v for k, v in (c.attrs["NetworkSettings"]["Ports"] or {}).items() if v}
+        assert ports == {}, f"{c.name} publishes {ports}"
+        assert c.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+        assert c.attrs["HostConfig"]["Memory"] > 0
         if c.name.endswith("-nginx"):
-            bound = sorted((b["HostIp"], b["HostPort"]) for v in ports.values() for b in v)
-            settings = stack_settings()
-            assert bound == sorted(
-                ("127.0.0.1", str(settings[k])) for k in ("mlgate_http_port", "mlgate_https_port")
-            )
+            assert c.attrs["HostConfig"]["NetworkMode"] == f"container:{netns.id}"
         else:
-            assert ports == {}, f"{c.name} publishes {ports}"
             assert c.attrs["Config"]["User"] == "mlgate"
-            assert c.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
-            assert c.attrs["HostConfig"]["Memory"] > 0
 
 
 @pytest.mark.parametrize("port", [8000, 8081, 9113])

@@ -19,24 +19,15 @@ from pathlib import Path
 import docker
 
 from model.dataset import resolve_dataset_path
-from tests.loadgen import PacedLoad
 
-from .conftest import ROOT, Stack, run_playbook, stack_settings
-
-BOTH_COHORTS = ({}, {"X-Experiment-Group": "debug"})
-
-
-def steady_load(stack: Stack) -> PacedLoad:
-    """8 r/s of POST /predict through the gateway, on one keep-alive connection, alternately
-    without and with ``X-Experiment-Group: debug``: both cohorts, each counted on its own."""
-    return PacedLoad(
-        stack.https, ca=str(stack.ca), auth=(stack.user, stack.password), headers=BOTH_COHORTS
-    )
-
-
-def assert_both_cohorts_served(load: PacedLoad, at_least: int = 10) -> None:
-    """Each cohort got answers (so 'no failure' covers the debug route too)."""
-    assert all(c[200] >= at_least for c in load.by_cohort), load.report()
+from .conftest import (
+    ROOT,
+    Stack,
+    assert_both_cohorts_served,
+    run_playbook,
+    stack_settings,
+    steady_load,
+)
 
 
 def _health(container) -> str:
