@@ -8,15 +8,20 @@ PIP    := $(VENV)/bin/pip
 PYTEST := $(VENV)/bin/pytest
 RUFF   := $(VENV)/bin/ruff
 STAMP  := $(VENV)/.requirements.stamp
-REQS   := $(wildcard requirements/*.txt)
+REQS   := $(filter-out requirements/mlflow-ui.txt,$(wildcard requirements/*.txt))
 PY_SRC := api model bench tests/unit tests/e2e tests/remote tests/loadgen.py plugins roles/mlgate/filter_plugins
 ANSIBLE_PLAYBOOK := $(VENV)/bin/ansible-playbook
 # Extra ansible-playbook arguments, e.g. make start-project ARGS="-e mlgate_https_port=8443"
 ARGS ?=
+# The embedded model registry (MLflow: SQLite + artifacts; MLFLOW_TRACKING_URI names a server
+# instead), its UI's port, and extra arguments of `make retrain` (e.g. --param logreg.C=2.0).
+REGISTRY := .mlgate/mlflow
+MLFLOW_PORT ?= 5000
+TRAIN_ARGS ?=
 # Stack that status/logs/stop-project act on (mlgate_stack_name).
 STACK ?= mlgate
 
-.PHONY: help venv collections model retrain unit e2e molecule lint docs bench-api bench chaos test \
+.PHONY: help venv collections model retrain models mlflow-ui unit e2e molecule lint docs bench-api bench chaos test \
         start-project upgrade stop-project status logs clean docker tools stress
 
 help: ## list the targets
@@ -34,11 +39,22 @@ $(STAMP): $(REQS)
 	  wait $$sslyze && exit $$dev
 	touch $@
 
-model: $(STAMP) ## train the model unless model/artifacts is up to date
-	$(PY) -m model.train --if-stale
+model: $(STAMP) ## train the model unless model/artifacts is up to date; register it in the registry as @stable
+	$(PY) -m model.train --if-stale --alias stable
 
-retrain: $(STAMP) ## train a new model version even if nothing changed (rolling update)
-	$(PY) -m model.train --revision $$(date +%s)
+retrain: $(STAMP) ## train a new model version (TRAIN_ARGS="--param logreg.C=2.0"), register it as @candidate; deploys nothing
+	$(PY) -m model.train --out $(REGISTRY)/retrain --revision retrain-$$(date +%s) --alias candidate $(TRAIN_ARGS)
+
+models: $(STAMP) ## the registered model versions, their aliases and held-out metrics
+	$(PY) -m model.registry list
+
+mlflow-ui: $(STAMP) ## MLflow's UI for the embedded registry on 127.0.0.1:$(MLFLOW_PORT) (installs mlflow into .venv/mlflow-ui once)
+	@test -x $(VENV)/mlflow-ui/bin/mlflow || { python3 -m venv $(VENV)/mlflow-ui && \
+	  $(VENV)/mlflow-ui/bin/pip install --disable-pip-version-check -q -r requirements/mlflow-ui.txt; }
+	@mkdir -p $(REGISTRY)
+	$(VENV)/mlflow-ui/bin/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
+	  --backend-store-uri sqlite:///$(abspath $(REGISTRY))/mlflow.db \
+	  --default-artifact-root $(abspath $(REGISTRY))/artifacts
 
 unit: $(STAMP) ## Python unit tests (includes the real-dataset fast-path test)
 	$(PYTEST) tests/unit

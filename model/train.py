@@ -1,15 +1,22 @@
 """Train the emotion classifier and write ``model.joblib`` + ``model_card.json``.
 
-Usage: ``python -m model.train [--data PATH] [--out DIR] [--if-stale] [--revision TEXT]``
+Usage: ``python -m model.train [--data PATH] [--out DIR] [--if-stale] [--revision TEXT]
+[--param KEY=VALUE ...] [--alias NAME] [--no-register]``
 
 The model version is the first 12 hex digits of a sha256 over the dataset bytes, the
 training code, the parameters, the scikit-learn version and ``--revision``: the same
 inputs always give the same version, and ``--revision`` forces a new one.
+
+Every artifact is also registered in the model registry (``model/registry.py``: MLflow,
+embedded under ``.mlgate/mlflow`` unless ``MLFLOW_TRACKING_URI`` is set) as a version of
+``mlgate-emotions``, only when no version has its model version yet; ``--alias`` points an alias
+(``stable``, ``candidate``) at it, and the first version ever registered becomes ``stable``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -151,6 +158,8 @@ def train(
     y_pred = pipeline.predict(x_te)
     accuracy = float(accuracy_score(y_te, y_pred))
     macro_f1 = float(f1_score(y_te, y_pred, average="macro"))
+    classes = [str(c) for c in pipeline.classes_]
+    per_class = f1_score(y_te, y_pred, average=None, labels=pipeline.classes_, zero_division=0)
     progress(f"held-out accuracy {accuracy:.4f}, macro-F1 {macro_f1:.4f}")
 
     seconds = time.monotonic() - t0
@@ -162,7 +171,7 @@ def train(
         "params": params,
         "sklearn_version": sk,
         "python_version": platform.python_version(),
-        "classes": [str(c) for c in pipeline.classes_],
+        "classes": classes,
         "rows": {
             "read": dataset.rows_read,
             "dropped_empty": dataset.rows_dropped,
@@ -174,6 +183,9 @@ def train(
         "metrics": {
             "held_out_accuracy": round(accuracy, 6),
             "held_out_macro_f1": round(macro_f1, 6),
+            "per_class_f1": {
+                c: round(float(f), 6) for c, f in zip(classes, per_class, strict=True)
+            },
             "split": f"stratified {int(TEST_SIZE * 100)}% held out, seed {SEED}",
         },
         "data": {"file": dataset.path.name, "sha256": dataset.sha256},
@@ -229,6 +241,23 @@ def existing_version(out_dir: Path) -> str | None:
     return existing_card(out_dir).get("version")
 
 
+def parse_params(overrides: Sequence[str], base: dict[str, Any] = PARAMS) -> dict[str, Any]:
+    """PARAMS with ``section.key=value`` overrides (value read as JSON, else as text)."""
+    params = copy.deepcopy(base)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or section not in params or name not in params[section]:
+            known = ", ".join(f"{s}.{k}" for s, keys in params.items() for k in keys)
+            raise ValueError(f"--param {item!r}: expected KEY=VALUE with KEY one of {known}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        params[section][name] = value
+    return params
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split("\n")[0])
     p.add_argument("--data", help="dataset CSV (default: $MLGATE_DATASET, then data/, shared/)")
@@ -239,7 +268,41 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="extra text hashed into the model version (default: the current artifacts' revision)",
     )
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training parameter other than the reference one, e.g. logreg.C=2.0 (repeatable)",
+    )
+    p.add_argument(
+        "--alias",
+        default=None,
+        help="point this registry alias at the model's version (stable, candidate, ...)",
+    )
+    p.add_argument(
+        "--registry-store",
+        type=Path,
+        default=None,
+        help="embedded registry directory (default .mlgate/mlflow; MLFLOW_TRACKING_URI wins)",
+    )
+    p.add_argument(
+        "--no-register", action="store_true", help="do not register the model in the registry"
+    )
     return p.parse_args(argv)
+
+
+def register(out_dir: Path, args: argparse.Namespace) -> None:
+    """Register the artifact (a new registry version only if its model version is new)."""
+    from model.registry import Registry
+
+    registry = Registry(store=args.registry_store)
+    version, created = registry.register(out_dir, alias=args.alias)
+    aliases = " ".join(f"@{a}" for a in version.aliases) or "no alias"
+    print(
+        f"registry: {'registered' if created else 'already registered'} as "
+        f"{registry.model_name} version {version.number} ({aliases}) in {registry.where}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -250,34 +313,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{time.monotonic() - t0:6.1f}s] {msg}", flush=True)
 
     try:
+        params = parse_params(args.param)
         dataset = load_dataset(args.data)
-    except DatasetError as exc:
+    except (DatasetError, ValueError) as exc:
         print(f"model.train: {exc}", file=sys.stderr)
         return 2
     out_dir: Path = args.out.resolve()
     # Without --revision, keep the revision of the current artifacts: a model forced by
-    # `make retrain` stays current for later deployments until an input really changes.
+    # a revision stays current for later deployments until an input really changes.
     revision = args.revision
     if revision is None:
         revision = str(existing_card(out_dir).get("revision") or "")
     version = compute_version(
-        dataset.sha256, code_sha256(), PARAMS, current_sklearn_version(), revision
+        dataset.sha256, code_sha256(), params, current_sklearn_version(), revision
     )
+    from model.registry import RegistryError
+
     if args.if_stale and existing_version(out_dir) == version:
         print(f"model up to date: version {version} in {out_dir}")
-        return 0
-    progress(
-        f"dataset {dataset.path}: {dataset.rows_read} rows read, {dataset.rows_dropped} "
-        f"empty dropped, {len(set(dataset.labels))} labels"
-    )
-    pipeline, card = train(dataset, PARAMS, revision, progress)
-    save_artifacts(out_dir, pipeline, card)
-    m = card["metrics"]
-    progress(f"wrote {out_dir / MODEL_FILENAME} and {CARD_FILENAME}")
-    print(
-        f"model version {version}: accuracy {m['held_out_accuracy']:.4f}, "
-        f"macro-F1 {m['held_out_macro_f1']:.4f}, trained in {card['training_seconds']}s"
-    )
+    else:
+        progress(
+            f"dataset {dataset.path}: {dataset.rows_read} rows read, {dataset.rows_dropped} "
+            f"empty dropped, {len(set(dataset.labels))} labels"
+        )
+        try:
+            pipeline, card = train(dataset, params, revision, progress)
+        except ValueError as exc:  # scikit-learn's verdict on a parameter value
+            print(f"model.train: training failed with these parameters: {exc}", file=sys.stderr)
+            return 2
+        save_artifacts(out_dir, pipeline, card)
+        m = card["metrics"]
+        progress(f"wrote {out_dir / MODEL_FILENAME} and {CARD_FILENAME}")
+        print(
+            f"model version {version}: accuracy {m['held_out_accuracy']:.4f}, "
+            f"macro-F1 {m['held_out_macro_f1']:.4f}, trained in {card['training_seconds']}s"
+        )
+    if not args.no_register:
+        try:
+            register(out_dir, args)
+        except RegistryError as exc:
+            print(f"model.train: {exc}", file=sys.stderr)
+            return 3
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import http.client
+import os
 import signal
 import socket
 import subprocess
@@ -80,6 +81,21 @@ def write_csv(path: Path, rows: list[tuple[str, str]], header=("tweet_id", "sent
         for i, (label, text) in enumerate(rows):
             w.writerow([1000 + i, label, text])
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Training registers every model: in the tests, into a registry of their own, never the
+    checkout's (.mlgate/mlflow) nor a server MLFLOW_TRACKING_URI names."""
+    from model import registry
+
+    saved = registry.DEFAULT_STORE, os.environ.pop("MLFLOW_TRACKING_URI", None)
+    registry.DEFAULT_STORE = tmp_path_factory.mktemp("registry") / "mlflow"
+    registry.Registry().versions()  # creates its tables (seconds: MLflow's migrations)
+    yield
+    registry.DEFAULT_STORE = saved[0]
+    if saved[1] is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = saved[1]
 
 
 @pytest.fixture(scope="session")

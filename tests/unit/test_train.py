@@ -61,8 +61,9 @@ def test_cli_trains_then_reports_up_to_date(tmp_path: Path, tiny_csv: Path, caps
 
     assert main(["--data", str(tiny_csv), "--out", str(out), "--if-stale"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("model up to date")
+    assert len(lines) == 2 and lines[0].startswith("model up to date")
     assert version in lines[0]
+    assert lines[1].startswith("registry: already registered as mlgate-emotions version")
 
     # a new revision is a new version, so --if-stale trains again
     assert main(["--data", str(tiny_csv), "--out", str(out), "--if-stale", "--revision", "r2"]) == 0
