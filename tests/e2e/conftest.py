@@ -47,9 +47,16 @@ def run_playbook(playbook: str, *args: str, timeout: int = 1500) -> subprocess.C
         *args,
     ]
     env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
-    return subprocess.run(
+    done = subprocess.run(
         cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
+    # A run whose inventory names none of the stack's hosts succeeds doing nothing: not here.
+    ran = re.search(r"^\S+\s+:\s+ok=\d+", done.stdout.split("PLAY RECAP")[-1], re.MULTILINE)
+    assert ran or done.returncode != 0, (
+        f"{playbook} ran on no host (which inventory? ANSIBLE_CONFIG="
+        f"{os.environ.get('ANSIBLE_CONFIG', 'unset')}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+    )
+    return done
 
 
 def recap(output: str) -> dict[str, int]:
