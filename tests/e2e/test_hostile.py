@@ -302,11 +302,11 @@ def test_an_api_container_reaches_nothing_but_what_it_needs(stack: Stack, predic
         ("blackbox exporter", address("blackbox", front), 9115),
         # Grafana's fixed address (.42), whether or not its image could be had here
         ("grafana", subnet_prefix + ".42", 3000),
-        ("stub_status", address("nginx", front), 8081),
-        ("gateway 443", address("nginx", front), 443),
-        ("stub_status on the API network", address("nginx", api_net), 8081),
-        ("gateway 443 on the API network", address("nginx", api_net), 443),
-        ("gateway 80 on the API network", address("nginx", api_net), 80),
+        ("stub_status", address("nginx-netns", front), 8081),
+        ("gateway 443", address("nginx-netns", front), 443),
+        ("stub_status on the API network", address("nginx-netns", api_net), 8081),
+        ("gateway 443 on the API network", address("nginx-netns", api_net), 443),
+        ("gateway 80 on the API network", address("nginx-netns", api_net), 80),
         ("the host", host, host_port),
     ]
     victim = engine.containers.get(f"{stack.name}-api-v1-1")
