@@ -52,7 +52,8 @@ mlflow-ui: $(STAMP) ## MLflow's UI for the embedded registry on 127.0.0.1:$(MLFL
 	@test -x $(VENV)/mlflow-ui/bin/mlflow || { python3 -m venv $(VENV)/mlflow-ui && \
 	  $(VENV)/mlflow-ui/bin/pip install --disable-pip-version-check -q -r requirements/mlflow-ui.txt; }
 	@mkdir -p $(REGISTRY)
-	$(VENV)/mlflow-ui/bin/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
+	MLFLOW_DISABLE_TELEMETRY=$${MLFLOW_DISABLE_TELEMETRY:-true} \
+	  $(VENV)/mlflow-ui/bin/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
 	  --backend-store-uri sqlite:///$(abspath $(REGISTRY))/mlflow.db \
 	  --default-artifact-root $(abspath $(REGISTRY))/artifacts
 

@@ -133,6 +133,9 @@ class Registry:
             # not after MLflow's default 7 retries with backoff (the user's settings win).
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+            # MLflow 3 reports usage to its makers unless told not to: a deployment tool does
+            # not phone home on its users' behalf (MLFLOW_DISABLE_TELEMETRY=false opts in).
+            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
             if self.store is not None:
                 self.store.mkdir(parents=True, exist_ok=True, mode=0o700)
             from mlflow.tracking import MlflowClient

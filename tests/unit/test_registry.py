@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import os
 import shutil
 from pathlib import Path
 
@@ -225,3 +226,14 @@ def test_bad_training_parameters_fail_with_a_sentence_and_register_nothing(
 def test_the_unit_tests_never_write_the_checkout_registry() -> None:
     """conftest points the default store at a temporary directory for the whole session."""
     assert registry_mod.DEFAULT_STORE != registry_mod.REPO_DIR / ".mlgate" / "mlflow"
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "true"), ("false", "false")])
+def test_mlflow_telemetry_is_off_unless_the_user_opts_in(
+    store: Path, monkeypatch: pytest.MonkeyPatch, preset: str | None, expected: str
+) -> None:
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    if preset is not None:
+        monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", preset)
+    Registry(store=store).versions()
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == expected
