@@ -39,8 +39,8 @@ $(STAMP): $(REQS)
 	  wait $$sslyze && exit $$dev
 	touch $@
 
-model: $(STAMP) ## train the model unless model/artifacts is up to date; register it in the registry as @stable
-	$(PY) -m model.train --if-stale --alias stable
+model: $(STAMP) ## train the model unless model/artifacts is up to date; register it (a new version becomes @stable)
+	$(PY) -m model.train --if-stale --alias-new stable
 
 retrain: $(STAMP) ## train a new model version (TRAIN_ARGS="--param logreg.C=2.0"), register it as @candidate; deploys nothing
 	$(PY) -m model.train --out $(REGISTRY)/retrain --revision retrain-$$(date +%s) --alias candidate $(TRAIN_ARGS)

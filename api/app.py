@@ -154,7 +154,8 @@ class PredictHandler:
 
 # ---- pure-ASGI middleware: request id, variant/replica headers, request metrics ---------
 class MlgateMiddleware:
-    """Outermost ASGI layer. Adds ``X-Mlgate-Variant``, ``X-Mlgate-Replica`` and
+    """Outermost ASGI layer. Adds ``X-Mlgate-Variant``, ``X-Mlgate-Replica``,
+    ``X-Model-Version`` (the model's registry version, else its card version) and
     ``X-Request-ID`` to every response and records request metrics.
 
     With ``predict_handler`` set, ``POST /predict`` is answered right here (same
@@ -170,6 +171,7 @@ class MlgateMiddleware:
         replica: str,
         metrics: RequestMetrics,
         predict_handler: PredictHandler | None = None,
+        model_version: str = "",
     ) -> None:
         self.app = app
         self.metrics = metrics
@@ -178,6 +180,8 @@ class MlgateMiddleware:
             (b"x-mlgate-variant", variant.encode()),
             (b"x-mlgate-replica", replica.encode("utf-8", "replace")),
         ]
+        if model_version:
+            self.static_headers.append((b"x-model-version", model_version.encode()))
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -316,7 +320,9 @@ def create_app(
     metrics = RequestMetrics(variant)
     handler = PredictHandler(settings, predictor, audit, metrics)
     set_model_info(variant, version, current_sklearn_version())
-    card_body = json.dumps(predictor.card).encode()
+    card_body = json.dumps(
+        {**predictor.card, **({"registry": predictor.registry} if predictor.registry else {})}
+    ).encode()
     health_body = json.dumps(
         {"status": "ok", "variant": variant, "model_version": version, "replica": replica}
     ).encode()
@@ -397,13 +403,15 @@ def create_app(
 
     @app.get(
         "/model",
-        summary="The model card",
+        summary="The model card (with its registry record when it came from the registry)",
         responses={200: {"content": {JSON: {"schema": {"type": "object"}}}}},
     )
     async def model_card() -> Response:
         return Response(card_body, media_type=JSON)
 
-    wrapped = MlgateMiddleware(app, variant, replica, metrics, handler if fast_route else None)
+    wrapped = MlgateMiddleware(
+        app, variant, replica, metrics, handler if fast_route else None, model_version=version
+    )
     wrapped.fastapi = app  # type: ignore[attr-defined]
     wrapped.settings = settings  # type: ignore[attr-defined]
     wrapped.predictor = predictor  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ held-out split.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import warnings
@@ -30,6 +31,9 @@ import numpy as np
 
 MODEL_FILENAME = "model.joblib"
 CARD_FILENAME = "model_card.json"
+# Written beside the two files by ``model.registry`` when a deployment takes a registered
+# version: {"model": name, "version": N, "mlgate_version": card version, "sha256": of the model}.
+REGISTRY_FILENAME = "registry.json"
 PAYLOAD_FORMAT = 1
 
 
@@ -48,8 +52,11 @@ class Predictor:
     """Fast single-sentence predictor built from a fitted TF-IDF + LogisticRegression pipeline."""
 
     pipeline: Any
+    # What the API reports as model_version: the registry version ("3") when the artifact came
+    # from the registry, else the card's version (a hash of every training input).
     version: str = "unknown"
     card: dict[str, Any] = field(default_factory=dict)
+    registry: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         vec = self.pipeline.steps[0][1]
@@ -125,12 +132,48 @@ def read_card(model_dir: Path) -> dict[str, Any]:
     return card
 
 
+def read_registry_record(model_dir: Path, card: dict[str, Any]) -> dict[str, Any]:
+    """The registry record beside the artifact ({} when there is none), checked against the
+    card and the model file's sha256: a container serves exactly the registered artifact."""
+    path = model_dir / REGISTRY_FILENAME
+    if not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(f"registry record {path} is unreadable: {exc}") from exc
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("version"), int)
+        or isinstance(record.get("version"), bool)
+        or record["version"] < 1
+        or not isinstance(record.get("sha256"), str)
+    ):
+        raise ModelError(f"registry record {path} has no version number and sha256")
+    if record.get("mlgate_version") != card["version"]:
+        raise ModelError(
+            f"registry record {path} is for model version {record.get('mlgate_version')!r}, "
+            f"{CARD_FILENAME} says {card['version']!r}"
+        )
+    h = hashlib.sha256()
+    with (model_dir / MODEL_FILENAME).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != record["sha256"]:
+        raise ModelError(
+            f"{model_dir / MODEL_FILENAME} has sha256 {h.hexdigest()}, registry version "
+            f"{record['version']} recorded {record['sha256']}"
+        )
+    return record
+
+
 def load_predictor(model_dir: str | Path) -> Predictor:
-    """Load and validate ``model.joblib`` + ``model_card.json`` from ``model_dir``.
+    """Load and validate ``model.joblib`` + ``model_card.json`` (+ ``registry.json`` when the
+    artifact came from the registry) from ``model_dir``.
 
     Raises :class:`ModelError` with a one-line reason when the directory or a file is
-    missing or unreadable, the payload is not ours, the two files disagree on the model
-    version, or the model was trained with another scikit-learn version.
+    missing or unreadable, the payload is not ours, the files disagree on the model
+    version or checksum, or the model was trained with another scikit-learn version.
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -168,8 +211,10 @@ def load_predictor(model_dir: str | Path) -> Predictor:
             f"{path} (version {payload.get('version')}) does not match {CARD_FILENAME} "
             f"(version {card['version']})"
         )
+    record = read_registry_record(model_dir, card)
+    version = str(record["version"]) if record else card["version"]
     try:
-        return Predictor(payload["pipeline"], version=card["version"], card=card)
+        return Predictor(payload["pipeline"], version=version, card=card, registry=record)
     except ModelError:
         raise
     except Exception as exc:

@@ -15,6 +15,11 @@ A registered version of the model ``mlgate-emotions`` is one trained artifact
 ``candidate`` (a model under test).
 
 References (``REF``): ``@alias``, a version number, or ``latest``.
+
+A deployment takes a version with ``checkout REF DIR``: the artifact lands, verified (sha256 and
+card against the registry's record), in ``DIR/<version>-<sha256[:12]>/`` with a
+``registry.json`` beside it (``model.predictor.REGISTRY_FILENAME``: the API reports that version
+as its ``model_version`` and ``X-Model-Version``); a verified copy already there is reused.
 """
 
 from __future__ import annotations
@@ -31,11 +36,11 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from model.predictor import CARD_FILENAME, MODEL_FILENAME
+from model.predictor import CARD_FILENAME, MODEL_FILENAME, REGISTRY_FILENAME
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = REPO_DIR / ".mlgate" / "mlflow"
@@ -66,6 +71,16 @@ class Version:
         d = asdict(self)
         d["aliases"] = list(self.aliases)
         return d
+
+    def record(self, model_name: str) -> dict[str, Any]:
+        """What a deployed copy carries in ``registry.json`` (no aliases: they move without a
+        new artifact, and a deployment's image must not change when they do)."""
+        return {
+            "model": model_name,
+            "version": self.number,
+            "mlgate_version": self.mlgate_version,
+            "sha256": self.sha256,
+        }
 
 
 def sha256_file(path: Path) -> str:
@@ -176,11 +191,15 @@ class Registry:
     def where(self) -> str:
         return str(self.store) if self.store is not None else self.tracking_uri
 
-    def _version(self, mv, aliases: dict[str, str]) -> Version:
-        metrics: dict[str, float] = {}
-        if mv.run_id:
-            with contextlib.suppress(Exception):
-                metrics = dict(self._client.get_run(mv.run_id).data.metrics)
+    def _metrics(self, run_id: str) -> dict[str, float]:
+        if not run_id:
+            return {}
+        with contextlib.suppress(Exception):
+            return dict(self._client.get_run(run_id).data.metrics)
+        return {}
+
+    def _version(self, mv, aliases: dict[str, str], with_metrics: bool) -> Version:
+        metrics = self._metrics(mv.run_id) if with_metrics else {}
         return Version(
             number=int(mv.version),
             mlgate_version=mv.tags.get(TAG_VERSION, ""),
@@ -212,23 +231,30 @@ class Registry:
 
     # --- reading --------------------------------------------------------------------------
 
-    def versions(self) -> list[Version]:
-        """Every version, newest first."""
+    def versions(self, with_metrics: bool = False) -> list[Version]:
+        """Every version, newest first (their runs' metrics too when asked: a query each)."""
         with self._errors("listing the model's versions"):
             model = self._registered()
             if model is None:
                 return []
             aliases = dict(getattr(model, "aliases", None) or {})
             found = self._client.search_model_versions(f"name='{self.model_name}'")
-            return sorted((self._version(mv, aliases) for mv in found), key=lambda v: -v.number)
+            return sorted(
+                (self._version(mv, aliases, with_metrics) for mv in found), key=lambda v: -v.number
+            )
 
     def find(self, mlgate_version: str) -> Version | None:
         """The version registered for this artifact version, if any."""
         return next((v for v in self.versions() if v.mlgate_version == mlgate_version), None)
 
     def resolve(self, ref: str) -> Version:
-        """``@alias``, a version number, or ``latest`` -> that version; RegistryError names an
-        unknown reference and what exists."""
+        """``@alias``, a version number, or ``latest`` -> that version with its metrics;
+        RegistryError names an unknown reference and what exists."""
+        v = self._resolve(ref)
+        with self._errors(f"reading model version {v.number}'s metrics"):
+            return replace(v, metrics=self._metrics(v.run_id))
+
+    def _resolve(self, ref: str) -> Version:
         ref = str(ref).strip()
         versions = self.versions()
         if not versions:
@@ -269,12 +295,15 @@ class Registry:
         model_dir: Path,
         *,
         alias: str | None = None,
+        alias_if_new: str | None = None,
         stable_if_none: bool = True,
         code_revision: str | None = None,
     ) -> tuple[Version, bool]:
         """Register the artifact in model_dir unless a version with its ``mlgate.version``
-        exists; then point ``alias`` at it (and ``stable`` when no version has it yet).
-        Returns (version, whether it is new)."""
+        exists; then point ``alias`` at it, ``alias_if_new`` only if it is a new version (what
+        a deployment's training does: an artifact registered before keeps the aliases the
+        user gave), and ``stable`` when no version has it yet. Returns (version, whether it
+        is new)."""
         card = json.loads((model_dir / CARD_FILENAME).read_text(encoding="utf-8"))
         model_file = model_dir / MODEL_FILENAME
         digest = sha256_file(model_file)
@@ -286,6 +315,8 @@ class Registry:
             else:
                 number = existing.number
             aliases = [alias] if alias else []
+            if alias_if_new and created:
+                aliases.append(alias_if_new)
             if stable_if_none and not any(STABLE in v.aliases for v in self.versions()):
                 aliases.append(STABLE)
             for name in dict.fromkeys(aliases):
@@ -348,15 +379,35 @@ class Registry:
                 f"{alias!r} is not a usable alias: a letter, then letters, digits, _ or -"
             )
         with self._writing():
-            version = self.resolve(ref)
+            version = self._resolve(ref)
             with self._errors(f"setting @{alias} to version {version.number}"):
                 self._client.set_registered_model_alias(self.model_name, alias, str(version.number))
-            return self.resolve(str(version.number))
+            return self._resolve(str(version.number))
 
     def fetch(self, ref: str, dest: Path) -> Version:
-        """The artifact of ``ref`` into ``dest`` (replaced whole, only once its checksum and
-        card match the registered version)."""
-        version = self.resolve(ref)
+        """The artifact of ``ref`` into ``dest`` with its ``registry.json`` (replaced whole,
+        only once its checksum and card match the registered version)."""
+        return self._fetch(self._resolve(ref), dest)
+
+    def checkout(self, ref: str, cache: Path) -> tuple[Version, Path, bool]:
+        """The verified artifact of ``ref`` in ``cache/<version>-<sha256[:12]>``: reused when a
+        verified copy is there, else fetched. Returns (version, directory, whether fetched)."""
+        version = self._resolve(ref)
+        if not re.fullmatch(r"[0-9a-f]{64}", version.sha256):
+            raise RegistryError(
+                f"model version {version.number} has no sha256 recorded in the registry at "
+                f"{self.where} ({TAG_SHA256}): refusing to deploy an artifact it cannot verify"
+            )
+        cache = cache.resolve()
+        dest = cache / f"{version.number}-{version.sha256[:12]}"
+        cache.mkdir(parents=True, exist_ok=True)
+        with (cache / ".lock").open("w") as lock:  # deployments sharing a cache take turns
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if _verified_copy(dest, version, self.model_name):
+                return version, dest, False
+            return self._fetch(version, dest), dest, True
+
+    def _fetch(self, version: Version, dest: Path) -> Version:
         dest = dest.resolve()
         dest.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
@@ -385,12 +436,33 @@ class Registry:
             for f in (model_file, card_file):
                 shutil.copy2(f, staged / f.name)
                 os.chmod(staged / f.name, 0o644)
+            record = staged / REGISTRY_FILENAME
+            record.write_text(
+                json.dumps(version.record(self.model_name), indent=2, sort_keys=True) + "\n",
+                encoding="utf-8",
+            )
+            os.chmod(record, 0o644)
             old = Path(tmp) / "old"
             if dest.exists():
                 os.replace(dest, old)
             os.replace(staged, dest)
             os.chmod(dest, 0o755)
         return version
+
+
+def _verified_copy(dest: Path, version: Version, model_name: str) -> bool:
+    """Whether dest holds exactly this version's artifact (record, card and checksum)."""
+    try:
+        record = json.loads((dest / REGISTRY_FILENAME).read_text(encoding="utf-8"))
+        card = json.loads((dest / CARD_FILENAME).read_text(encoding="utf-8"))
+        return (
+            record == version.record(model_name)
+            and isinstance(card, dict)
+            and card.get("version") == version.mlgate_version
+            and sha256_file(dest / MODEL_FILENAME) == version.sha256
+        )
+    except (OSError, ValueError):
+        return False
 
 
 def _print_table(versions: Sequence[Version]) -> None:
@@ -421,6 +493,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     fe = sub.add_parser("fetch", help="download and verify a version's artifact into a directory")
     fe.add_argument("ref")
     fe.add_argument("dest", type=Path)
+    co = sub.add_parser(
+        "checkout",
+        help="the verified artifact of a version in CACHE/<version>-<sha12>/ (reused when there)",
+    )
+    co.add_argument("ref")
+    co.add_argument("cache", type=Path)
     al = sub.add_parser("alias", help="point an alias at a version (e.g. alias stable 3)")
     al.add_argument("alias")
     al.add_argument("ref")
@@ -428,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry = Registry(store=args.store)
     try:
         if args.command == "list":
-            versions = registry.versions()
+            versions = registry.versions(with_metrics=True)
             if args.json:
                 print(json.dumps([v.as_dict() for v in versions], indent=2))
             else:
@@ -438,6 +516,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "fetch":
             v = registry.fetch(args.ref, args.dest)
             print(json.dumps({**v.as_dict(), "path": str(args.dest.resolve())}, sort_keys=True))
+        elif args.command == "checkout":
+            v, path, fetched = registry.checkout(args.ref, args.cache)
+            print(
+                json.dumps({**v.as_dict(), "path": str(path), "fetched": fetched}, sort_keys=True)
+            )
         elif args.command == "alias":
             v = registry.set_alias(args.alias, args.ref)
             print(f"@{args.alias} -> version {v.number} ({v.mlgate_version})")

@@ -1,7 +1,7 @@
 """Train the emotion classifier and write ``model.joblib`` + ``model_card.json``.
 
 Usage: ``python -m model.train [--data PATH] [--out DIR] [--if-stale] [--revision TEXT]
-[--param KEY=VALUE ...] [--alias NAME] [--no-register]``
+[--param KEY=VALUE ...] [--alias NAME] [--alias-new NAME] [--no-register]``
 
 The model version is the first 12 hex digits of a sha256 over the dataset bytes, the
 training code, the parameters, the scikit-learn version and ``--revision``: the same
@@ -10,7 +10,9 @@ inputs always give the same version, and ``--revision`` forces a new one.
 Every artifact is also registered in the model registry (``model/registry.py``: MLflow,
 embedded under ``.mlgate/mlflow`` unless ``MLFLOW_TRACKING_URI`` is set) as a version of
 ``mlgate-emotions``, only when no version has its model version yet; ``--alias`` points an alias
-(``stable``, ``candidate``) at it, and the first version ever registered becomes ``stable``.
+(``stable``, ``candidate``) at it, ``--alias-new`` only when it is a new version (``make model``
+and deployments: an artifact registered before keeps the aliases the user gave it), and the first
+version ever registered becomes ``stable``.
 """
 
 from __future__ import annotations
@@ -281,6 +283,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="point this registry alias at the model's version (stable, candidate, ...)",
     )
     p.add_argument(
+        "--alias-new",
+        default=None,
+        metavar="ALIAS",
+        help="point this alias at the model's version only if it is newly registered",
+    )
+    p.add_argument(
         "--registry-store",
         type=Path,
         default=None,
@@ -297,7 +305,7 @@ def register(out_dir: Path, args: argparse.Namespace) -> None:
     from model.registry import Registry
 
     registry = Registry(store=args.registry_store)
-    version, created = registry.register(out_dir, alias=args.alias)
+    version, created = registry.register(out_dir, alias=args.alias, alias_if_new=args.alias_new)
     aliases = " ".join(f"@{a}" for a in version.aliases) or "no alias"
     print(
         f"registry: {'registered' if created else 'already registered'} as "

@@ -19,6 +19,7 @@ from pathlib import Path
 import docker
 
 from model.dataset import resolve_dataset_path
+from model.registry import Registry
 
 from .conftest import (
     ROOT,
@@ -141,6 +142,8 @@ def test_rolling_code_and_model_update_loses_no_requests(
     card = ROOT / ".mlgate" / stack.name / "model" / "model_card.json"
     assert "api_model_dir" in settings, "the stack needs its own model directory"
     model_before = json.loads(card.read_text())["version"]
+    registry = Registry(store=ROOT / ".mlgate" / stack.name / "mlflow")
+    stable_before = registry.resolve("@stable")
     before = {c.name: c.image.id for c in _api_containers(stack)}
     assert len(before) == 3 + 1
 
@@ -162,6 +165,9 @@ def test_rolling_code_and_model_update_loses_no_requests(
     assert run.returncode == 0, run.stdout[-4000:]
     model_after = json.loads(card.read_text())["version"]
     assert model_after != model_before
+    # the new artifact is a new registry version, made @stable by the play and deployed
+    stable = registry.resolve("@stable")
+    assert stable.mlgate_version == model_after and stable.number > stable_before.number
     replicas = _api_containers(stack)
     images = {c.name: c.image.id for c in replicas}
     assert images.keys() == before.keys()
@@ -169,7 +175,7 @@ def test_rolling_code_and_model_update_loses_no_requests(
     assert set(images.values()).isdisjoint(before.values()), "no new image"
     for c in replicas:
         assert _build_marker_of(c, port) == marker, c.name
-        assert _health_of(c, port)["model_version"] == model_after, c.name
+        assert _health_of(c, port)["model_version"] == str(stable.number), c.name
     _assert_replaced_one_at_a_time(replicas)
     # through the gateway: old code, then both (one replica at a time), then only the new code
     first_new = load.builds.index(marker)

@@ -140,3 +140,11 @@ def test_openapi_documents_every_status(app_factory, variant: str) -> None:
     assert ("prediction_proba_dict" in props) == (variant == "v2")
     for path in ("/health", "/metrics", "/model"):
         assert "200" in spec["paths"][path]["get"]["responses"]
+
+
+def test_every_response_names_the_model_version(
+    app_factory, predictor: Predictor, fast_route: bool
+) -> None:
+    client = TestClient(app_factory("v1", fast_route=fast_route))
+    for r in (post(client, {"sentence": SENTENCE}), post(client, {}), client.get("/health")):
+        assert r.headers["x-model-version"] == predictor.version, r.status_code

@@ -127,3 +127,51 @@ def test_loaded_predictor_carries_card(model_dir: Path) -> None:
     card = json.loads((model_dir / "model_card.json").read_text())
     assert p.version == card["version"] and p.card == card
     assert p.classes == card["classes"]
+
+
+def _with_record(model_dir: Path, tmp_path: Path, **change: object) -> Path:
+    import hashlib
+
+    d = copy_model(model_dir, tmp_path)
+    card = json.loads((d / "model_card.json").read_text())
+    record = {
+        "model": "mlgate-emotions",
+        "version": 4,
+        "mlgate_version": card["version"],
+        "sha256": hashlib.sha256((d / "model.joblib").read_bytes()).hexdigest(),
+        **change,
+    }
+    (d / "registry.json").write_text(json.dumps(record))
+    return d
+
+
+def test_a_registry_record_makes_the_registry_version_the_model_version(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    p = load_predictor(_with_record(model_dir, tmp_path))
+    assert p.version == "4" and p.registry["version"] == 4
+    assert p.card == json.loads((model_dir / "model_card.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"sha256": "0" * 64}, r"has sha256 [0-9a-f]{64}, registry version 4 recorded 0{64}"),
+        ({"mlgate_version": "000000000000"}, r"is for model version '000000000000', .* says"),
+        ({"version": "4"}, "has no version number and sha256"),
+        ({"version": 0}, "has no version number and sha256"),
+        ({"version": True}, "has no version number and sha256"),
+    ],
+)
+def test_a_registry_record_that_does_not_match_the_artifact_is_refused(
+    model_dir: Path, tmp_path: Path, change: dict, says: str
+) -> None:
+    with pytest.raises(ModelError, match=says):
+        load_predictor(_with_record(model_dir, tmp_path, **change))
+
+
+def test_an_unreadable_registry_record_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    d = _with_record(model_dir, tmp_path)
+    (d / "registry.json").write_text("{")
+    with pytest.raises(ModelError, match=r"registry record .* is unreadable"):
+        load_predictor(d)

@@ -138,8 +138,14 @@ def test_fetch_verifies_the_checksum_and_leaves_the_destination_alone_otherwise(
     dest = tmp_path / "deployed"
     got = reg.fetch("@stable", dest)
     assert got.number == 1
-    assert sorted(p.name for p in dest.iterdir()) == ["model.joblib", "model_card.json"]
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "model.joblib", "model_card.json", "registry.json",
+    ]  # fmt: skip
     assert _sha(dest / "model.joblib") == v1.sha256
+    assert json.loads((dest / "registry.json").read_text()) == {
+        "model": "mlgate-emotions", "version": 1, "mlgate_version": v1.mlgate_version,
+        "sha256": v1.sha256,
+    }  # fmt: skip
     # corrupt the stored artifact: the next fetch refuses it, the deployed copy stays
     stored = next((store / "artifacts").rglob("model.joblib"))
     stored.write_bytes(stored.read_bytes()[:-1] + b"\0")
@@ -191,9 +197,11 @@ def test_training_registers_and_retraining_makes_a_candidate(
     tiny_csv: Path, tmp_path: Path, store: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "artifacts"
-    assert _train(tiny_csv, out, store, "--if-stale", "--alias", "stable") == 0
+    # make model / a deployment's training: a new version becomes @stable, a known one keeps
+    # the aliases the user gave it
+    assert _train(tiny_csv, out, store, "--if-stale", "--alias-new", "stable") == 0
     assert "registered as mlgate-emotions version 1 (@stable)" in capsys.readouterr().out
-    assert _train(tiny_csv, out, store, "--if-stale", "--alias", "stable") == 0
+    assert _train(tiny_csv, out, store, "--if-stale", "--alias-new", "stable") == 0
     second = capsys.readouterr().out
     assert "model up to date" in second and "already registered" in second
     # make retrain: other parameters, its own output directory, @candidate; stable untouched
@@ -237,3 +245,103 @@ def test_mlflow_telemetry_is_off_unless_the_user_opts_in(
         monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", preset)
     Registry(store=store).versions()
     assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == expected
+
+
+def test_checkout_fetches_once_then_reuses_a_verified_copy_and_replaces_a_tampered_one(
+    model_dir: Path, second_model: Path, store: Path, tmp_path: Path
+) -> None:
+    reg = Registry(store=store)
+    v1, _ = reg.register(model_dir)
+    v2, _ = reg.register(second_model, alias=CANDIDATE)
+    cache = tmp_path / "models"
+    got, path, fetched = reg.checkout("@stable", cache)
+    assert (got.number, fetched) == (1, True)
+    assert path == cache.resolve() / f"1-{v1.sha256[:12]}"
+    assert _sha(path / "model.joblib") == v1.sha256
+    stamp = (path / "model.joblib").stat().st_mtime_ns
+    got, again, fetched = reg.checkout("1", cache)
+    assert (got.number, again, fetched) == (1, path, False)
+    assert (path / "model.joblib").stat().st_mtime_ns == stamp  # not downloaded again
+    # a copy changed on disk is not trusted: fetched again, verified
+    (path / "model.joblib").write_bytes(b"not a model")
+    got, again, fetched = reg.checkout("@stable", cache)
+    assert (again, fetched) == (path, True)
+    assert _sha(path / "model.joblib") == v1.sha256
+    # each version has its own directory; the candidate's is beside the stable one
+    got, other, fetched = reg.checkout("@candidate", cache)
+    assert (got.number, fetched) == (2, True)
+    assert other.name == f"2-{v2.sha256[:12]}"
+    assert sorted(p.name for p in cache.iterdir()) == [".lock", path.name, other.name]
+
+
+def test_checkout_of_an_unknown_version_writes_nothing(
+    model_dir: Path, store: Path, tmp_path: Path
+) -> None:
+    reg = Registry(store=store)
+    reg.register(model_dir)
+    with pytest.raises(RegistryError, match=r"has no version 7 .*\(versions: 1 \(@stable\)\)"):
+        reg.checkout("7", tmp_path / "models")
+    assert not (tmp_path / "models").exists()
+
+
+def test_checkout_refuses_a_version_without_a_recorded_checksum(
+    model_dir: Path, store: Path, tmp_path: Path
+) -> None:
+    reg = Registry(store=store)
+    reg.register(model_dir)
+    reg._client.delete_model_version_tag(registry_mod.MODEL_NAME, "1", registry_mod.TAG_SHA256)
+    with pytest.raises(RegistryError, match=r"no sha256 recorded .* refusing to deploy"):
+        reg.checkout("1", tmp_path / "models")
+
+
+def test_alias_if_new_moves_the_alias_only_for_a_new_version(
+    model_dir: Path, second_model: Path, store: Path
+) -> None:
+    reg = Registry(store=store)
+    reg.register(model_dir)
+    reg.register(second_model, alias_if_new=STABLE)  # new: stable moves to 2
+    assert reg.resolve("@stable").number == 2
+    reg.set_alias(STABLE, "1")  # the user rolls back
+    v, created = reg.register(second_model, alias_if_new=STABLE)  # known: stable stays
+    assert (v.number, created) == (2, False)
+    assert reg.resolve("@stable").number == 1
+
+
+def test_cli_checkout_prints_the_version_and_its_directory(
+    model_dir: Path, store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Registry(store=store).register(model_dir)
+    cache = tmp_path / "models"
+    assert registry_mod.main(["--store", str(store), "checkout", "@stable", str(cache)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["number"], out["fetched"]) == (1, True)
+    assert Path(out["path"]).parent == cache.resolve()
+    assert registry_mod.main(["--store", str(store), "checkout", "@nope", str(cache)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("model.registry: ") and "has no alias '@nope'" in err
+
+
+def test_the_api_reports_the_registry_version_of_a_checked_out_model(
+    model_dir: Path, second_model: Path, store: Path, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from tests.unit.conftest import make_settings
+
+    reg = Registry(store=store)
+    reg.register(model_dir)
+    v2, _ = reg.register(second_model, alias=CANDIDATE)
+    _, path, _ = reg.checkout("@candidate", tmp_path / "models")
+    client = TestClient(create_app(make_settings(tmp_path, path, variant="v2")))
+    r = client.post("/predict", json={"sentence": "so happy today"})
+    assert r.status_code == 200
+    assert r.headers["x-model-version"] == "2" and r.json()["model_version"] == "2"
+    health = client.get("/health")
+    assert health.json()["model_version"] == "2" and health.headers["x-model-version"] == "2"
+    card = client.get("/model").json()
+    assert card["version"] == v2.mlgate_version
+    assert card["registry"] == {
+        "model": "mlgate-emotions", "version": 2, "mlgate_version": v2.mlgate_version,
+        "sha256": v2.sha256,
+    }  # fmt: skip
