@@ -1,4 +1,5 @@
-"""The FastAPI application. One code base; the variant (v1 standard, v2 debug) is a setting.
+"""The FastAPI application. One code base; the variant (its name, and whether it answers with
+the debug fields: v2 by default) is a setting.
 
 ``create_app`` is a factory so tests can inject settings and a predictor; ``api.main``
 builds the served instance from the environment.
@@ -105,7 +106,7 @@ class PredictHandler:
     ) -> None:
         self.predictor, self.audit, self.metrics = predictor, audit, metrics
         self.variant, self.replica = settings.variant, settings.replica
-        self.debug = settings.variant == "v2"
+        self.debug = settings.debug
         self.max_chars = settings.max_chars
         self.max_body = settings.max_body_bytes
         self.version = predictor.version
@@ -315,9 +316,9 @@ def create_app(
         key=settings.audit_key,
     )
     variant, replica, version = settings.variant, settings.replica, predictor.version
-    debug = variant == "v2"
+    debug = settings.debug
     max_chars, max_body = settings.max_chars, settings.max_body_bytes
-    metrics = RequestMetrics(variant)
+    metrics = RequestMetrics(variant, version)
     handler = PredictHandler(settings, predictor, audit, metrics)
     set_model_info(variant, version, current_sklearn_version())
     card_body = json.dumps(

@@ -35,24 +35,29 @@ BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 )  # fmt: skip
 
+# Every series carries the variant and the model version it serves (the registry version), so
+# that versions side by side (and one variant across a rollout) are told apart.
 REQUESTS = Counter(
-    "mlgate_requests_total", "HTTP requests by variant, handler and status",
-    ["variant", "handler", "status"],
+    "mlgate_requests_total", "HTTP requests by variant, model version, handler and status",
+    ["variant", "model_version", "handler", "status"],
 )  # fmt: skip
 LATENCY = Histogram(
-    "mlgate_request_duration_seconds", "Request duration in seconds by variant and handler",
-    ["variant", "handler"], buckets=BUCKETS,
+    "mlgate_request_duration_seconds",
+    "Request duration in seconds by variant, model version and handler",
+    ["variant", "model_version", "handler"], buckets=BUCKETS,
 )  # fmt: skip
 PREDICTIONS = Counter(
-    "mlgate_predictions_total", "Predictions by predicted label and variant", ["variant", "label"]
-)
+    "mlgate_predictions_total", "Predictions by predicted label, variant and model version",
+    ["variant", "model_version", "label"],
+)  # fmt: skip
 MODEL_INFO = Gauge(
     "mlgate_model_info", "Model served by this API (value is always 1)",
     ["variant", "model_version", "sklearn_version"], multiprocess_mode="max",
 )  # fmt: skip
 AUDIT_ERRORS = Counter(
-    "mlgate_audit_log_errors_total", "Audit log records that could not be written", ["variant"]
-)
+    "mlgate_audit_log_errors_total", "Audit log records that could not be written",
+    ["variant", "model_version"],
+)  # fmt: skip
 
 
 def handler_for(path: str) -> str:
@@ -62,25 +67,29 @@ def handler_for(path: str) -> str:
 class RequestMetrics:
     """Caches labelled children: ``.labels()`` costs more than the increment itself."""
 
-    def __init__(self, variant: str) -> None:
-        self.variant = variant
+    def __init__(self, variant: str, model_version: str) -> None:
+        self.variant, self.model_version = variant, model_version
         self._requests: dict[tuple[str, int], object] = {}
-        self._latency = {h: LATENCY.labels(variant, h) for h in HANDLERS}
+        self._latency = {h: LATENCY.labels(variant, model_version, h) for h in HANDLERS}
         self._predictions: dict[str, object] = {}
-        self.audit_errors = AUDIT_ERRORS.labels(variant)
+        self.audit_errors = AUDIT_ERRORS.labels(variant, model_version)
 
     def observe(self, handler: str, status: int, seconds: float) -> None:
         key = (handler, status)
         child = self._requests.get(key)
         if child is None:
-            child = self._requests[key] = REQUESTS.labels(self.variant, handler, str(status))
+            child = self._requests[key] = REQUESTS.labels(
+                self.variant, self.model_version, handler, str(status)
+            )
         child.inc()  # type: ignore[attr-defined]
         self._latency[handler].observe(seconds)
 
     def predicted(self, label: str) -> None:
         child = self._predictions.get(label)
         if child is None:
-            child = self._predictions[label] = PREDICTIONS.labels(self.variant, label)
+            child = self._predictions[label] = PREDICTIONS.labels(
+                self.variant, self.model_version, label
+            )
         child.inc()  # type: ignore[attr-defined]
 
 

@@ -125,6 +125,7 @@ def make_settings(tmp_path: Path, model_dir: Path, **overrides) -> Settings:
         "replica": "test-replica",
     }
     values.update(overrides)
+    values.setdefault("debug", values["variant"] == "v2")  # as Settings.from_env does
     return Settings(**values)
 
 

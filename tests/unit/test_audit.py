@@ -85,22 +85,27 @@ def test_bad_requests_are_not_logged(app_factory, tmp_path: Path) -> None:
     assert read_all(tmp_path / "audit") == []
 
 
-def audit_errors(client: TestClient, variant: str) -> float:
-    prefix = f'mlgate_audit_log_errors_total{{variant="{variant}"}} '
+def audit_errors(client: TestClient, variant: str, model_version: str) -> float:
+    prefix = (
+        f'mlgate_audit_log_errors_total{{model_version="{model_version}",variant="{variant}"}} '
+    )
     lines = [x for x in client.get("/metrics").text.splitlines() if x.startswith(prefix)]
     return float(lines[0].split()[-1]) if lines else 0.0
 
 
-def test_unwritable_directory_does_not_fail_predictions(app_factory, tmp_path: Path) -> None:
+def test_unwritable_directory_does_not_fail_predictions(
+    app_factory, tmp_path: Path, predictor
+) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     client = TestClient(app_factory("v1", audit_dir=blocker / "logs"))
-    before = audit_errors(client, "v1")  # metrics are process-wide in unit tests
+    mv = predictor.version
+    before = audit_errors(client, "v1", mv)  # metrics are process-wide in unit tests
     for _ in range(3):
         r = client.post("/predict", json={"sentence": "happy day"})
         assert r.status_code == 200
         assert r.json()["prediction value"]
-    assert audit_errors(client, "v1") == before + 3
+    assert audit_errors(client, "v1", mv) == before + 3
 
 
 def test_write_failure_returns_false_and_recovers(tmp_path: Path) -> None:

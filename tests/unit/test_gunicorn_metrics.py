@@ -64,8 +64,10 @@ def one_request(port: int, body: bytes) -> tuple[int, dict]:
         c.close()
 
 
-def test_metrics_are_summed_across_two_workers(server) -> None:
+def test_metrics_are_summed_across_two_workers(server, model_dir: Path) -> None:
     port, tmp_path = server
+    # every series names the variant and the model version it serves
+    mv = json.loads((model_dir / "model_card.json").read_text())["version"]
     sentences = [s for ss in SENTENCES.values() for s in ss]
     bodies = [json.dumps({"sentence": sentences[i % len(sentences)]}).encode() for i in range(N_OK)]
     bodies += [b'{"sentence": ""}'] * N_BAD
@@ -83,18 +85,45 @@ def test_metrics_are_summed_across_two_workers(server) -> None:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     c.request("GET", "/metrics")
     m = parse_metrics(c.getresponse().read().decode())
-    assert metric(m, "mlgate_requests_total", variant="v2", handler="predict", status="200") == N_OK
     assert (
-        metric(m, "mlgate_requests_total", variant="v2", handler="predict", status="422") == N_BAD
+        metric(
+            m,
+            "mlgate_requests_total",
+            variant="v2",
+            model_version=mv,
+            handler="predict",
+            status="200",
+        )
+        == N_OK
+    )
+    assert (
+        metric(
+            m,
+            "mlgate_requests_total",
+            variant="v2",
+            model_version=mv,
+            handler="predict",
+            status="422",
+        )
+        == N_BAD
     )
     for label, count in labels.items():
-        assert metric(m, "mlgate_predictions_total", variant="v2", label=label) == count
+        assert (
+            metric(m, "mlgate_predictions_total", variant="v2", model_version=mv, label=label)
+            == count
+        )
     total_predictions = sum(v for (n, _), v in m.items() if n == "mlgate_predictions_total")
     assert total_predictions == N_OK
     assert (
-        metric(m, "mlgate_request_duration_seconds_count", variant="v2", handler="predict")
+        metric(
+            m,
+            "mlgate_request_duration_seconds_count",
+            variant="v2",
+            model_version=mv,
+            handler="predict",
+        )
         == N_OK + N_BAD
     )
     info = [v for (n, _), v in m.items() if n == "mlgate_model_info"]
     assert info == [1.0]  # one series, not one per worker, not 2.0
-    assert metric(m, "mlgate_audit_log_errors_total", variant="v2") == 0
+    assert metric(m, "mlgate_audit_log_errors_total", variant="v2", model_version=mv) == 0

@@ -79,7 +79,7 @@ def test_card_sklearn_version_mismatch(model_dir: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("MLGATE_VARIANT", "v3"), ("MLGATE_WORKERS", "many"), ("MLGATE_BIND", "nowhere")],
+    [("MLGATE_VARIANT", "V 3"), ("MLGATE_WORKERS", "many"), ("MLGATE_BIND", "nowhere")],
 )
 def test_invalid_setting(model_dir: Path, tmp_path: Path, name: str, value: str) -> None:
     res = launch({"MLGATE_MODEL_DIR": str(model_dir), name: value}, tmp_path)

@@ -42,7 +42,9 @@ def test_values_from_env() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "words"),
     [
-        ("MLGATE_VARIANT", "v3", "v1, v2"),
+        ("MLGATE_VARIANT", "v_3", "lowercase letters and digits"),
+        ("MLGATE_VARIANT", "canary-", "joined by single hyphens"),
+        ("MLGATE_DEBUG", "sometimes", "0 or 1"),
         ("MLGATE_WORKERS", "two", "not an integer"),
         ("MLGATE_WORKERS", "0", "out of range"),
         ("MLGATE_MAX_CHARS", "-5", "out of range"),
@@ -81,3 +83,18 @@ def test_a_missing_or_short_audit_key_is_refused_without_showing_it(
         Settings.from_env({"MLGATE_AUDIT_KEY_FILE": str(key_file)})
     assert "MLGATE_AUDIT_KEY_FILE" in str(err.value) and words in str(err.value)
     assert "short-key" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, ("v1", False)),
+        ({"MLGATE_VARIANT": "v2"}, ("v2", True)),  # the exam's debug variant
+        ({"MLGATE_VARIANT": "v2", "MLGATE_DEBUG": "0"}, ("v2", False)),
+        ({"MLGATE_VARIANT": "canary"}, ("canary", False)),
+        ({"MLGATE_VARIANT": "shadow-b2", "MLGATE_DEBUG": "1"}, ("shadow-b2", True)),
+    ],
+)
+def test_any_variant_name_and_debug_defaulting_to_v2(env: dict, expected: tuple) -> None:
+    s = Settings.from_env(env)
+    assert (s.variant, s.debug) == expected
