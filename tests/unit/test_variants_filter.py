@@ -42,6 +42,7 @@ def test_the_default_list_is_todays_stack() -> None:
                 "header": "X-Experiment-Group",
                 "var": "http_x_experiment_group",
                 "value": "debug",
+                "regex": "^debug$",
             }
         ],
         "sticky": [],
@@ -164,6 +165,25 @@ def test_header_routes_keep_list_order_and_exact_values() -> None:
         ("beta2", "http_x_cohort", "beta"),
         ("dbg", "http_x_experiment_group", "debug"),
     ]
+
+
+@pytest.mark.parametrize("value", ["debug", "a.b", "1+1", "x*(y)|z^", "[a-z]?"])
+def test_a_header_routes_regex_matches_its_value_exactly_and_case_sensitively(value) -> None:
+    import re
+
+    variants = [
+        {"name": "main", "route": "default"},
+        {"name": "b", "route": {"header": "X-A", "value": value}},
+    ]
+    regex = with_variants(variants)["routes"]["headers"][0]["regex"]
+    assert re.search(regex, value)
+    for other in (
+        value.upper() if value.upper() != value else value + "x",
+        "x" + value,
+        value + " ",
+        "",
+    ):
+        assert not re.search(regex, other), other
 
 
 @pytest.mark.parametrize(

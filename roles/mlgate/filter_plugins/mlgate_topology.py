@@ -263,7 +263,8 @@ def routing_plan(variants: list[dict]) -> dict:
     """The gateway's routing, in precedence order: an exact header match, then the weighted
     split, then the default route; shadows mirror a sample of what the default route takes.
 
-    * ``headers``: [{variant, header, var (nginx's $http_ name), value}], in list order;
+    * ``headers``: [{variant, header, var (nginx's $http_ name), value, regex (the exact,
+      case-sensitive match for nginx's map)}], in list order;
     * ``sticky``: [{variant, percent}] of the sticky key's hash space (the client id header,
       else the basic-auth user): a client keeps its variant;
     * ``split``: [{variant, percent}] of the request id's hash space, taken by the requests the
@@ -279,6 +280,9 @@ def routing_plan(variants: list[dict]) -> dict:
             "header": v["route"]["header"],
             "var": "http_" + v["route"]["header"].lower().replace("-", "_"),
             "value": v["route"]["value"],
+            # nginx's map compares plain strings case-insensitively: a case-sensitive regex
+            # is the exact match
+            "regex": "^" + re.escape(v["route"]["value"]) + "$",
         }
         for v in variants
         if v["route"]["kind"] == "header"
