@@ -1,4 +1,4 @@
-"""The deployed model comes from the registry (api_model, default @stable): every answer names
+"""The deployed model comes from the registry (mlgate_model, default @stable): every answer names
 its registry version, and a version the registry lacks ends the play before anything changes."""
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def test_a_model_the_registry_lacks_fails_the_play_before_anything_changes(stack
         ("999", r"has no version 999 in the registry at \S+ \(versions: "),
         ("@nope", r"has no alias '@nope' in the registry at \S+ \(versions: "),
     ):
-        run = run_playbook("site.yml", "--tags", "api", "-e", f"api_model={ref}")
+        run = run_playbook("site.yml", "--tags", "api", "-e", f"mlgate_model={ref}")
         assert run.returncode != 0, run.stdout[-3000:]
-        message = f"api_model \"{ref}\" cannot be deployed: model 'mlgate-emotions' {says}"
+        message = f"mlgate_model \"{ref}\" cannot be deployed: model 'mlgate-emotions' {says}"
         assert re.search(message, run.stdout), run.stdout[-3000:]
         assert all(v in run.stdout for v in versions), "the sentence lists the versions there are"
         assert _containers(stack) == before, "a failed preflight changed containers"
