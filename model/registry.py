@@ -16,7 +16,7 @@ A registered version of the model ``mlgate-emotions`` is one trained artifact
 
 References (``REF``): ``@alias``, a version number, or ``latest``.
 
-A deployment takes a version with ``checkout REF DIR``: the artifact lands, verified (sha256 and
+A deployment takes its versions with ``checkout --cache DIR REF...``: each artifact lands, verified (sha256 and
 card against the registry's record), in ``DIR/<version>-<sha256[:12]>/`` with a
 ``registry.json`` beside it (``model.predictor.REGISTRY_FILENAME``: the API reports that version
 as its ``model_version`` and ``X-Model-Version``); a verified copy already there is reused.
@@ -495,10 +495,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     fe.add_argument("dest", type=Path)
     co = sub.add_parser(
         "checkout",
-        help="the verified artifact of a version in CACHE/<version>-<sha12>/ (reused when there)",
+        help="the verified artifacts of versions in CACHE/<version>-<sha12>/ (reused when there); "
+        "prints {REF: version} as JSON",
     )
-    co.add_argument("ref")
-    co.add_argument("cache", type=Path)
+    co.add_argument("--cache", type=Path, required=True)
+    co.add_argument("refs", nargs="+", metavar="REF")
     al = sub.add_parser("alias", help="point an alias at a version (e.g. alias stable 3)")
     al.add_argument("alias")
     al.add_argument("ref")
@@ -517,10 +518,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             v = registry.fetch(args.ref, args.dest)
             print(json.dumps({**v.as_dict(), "path": str(args.dest.resolve())}, sort_keys=True))
         elif args.command == "checkout":
-            v, path, fetched = registry.checkout(args.ref, args.cache)
-            print(
-                json.dumps({**v.as_dict(), "path": str(path), "fetched": fetched}, sort_keys=True)
-            )
+            out = {}
+            for ref in dict.fromkeys(args.refs):
+                v, path, fetched = registry.checkout(ref, args.cache)
+                out[ref] = {**v.as_dict(), "path": str(path), "fetched": fetched}
+            print(json.dumps(out, sort_keys=True))
         elif args.command == "alias":
             v = registry.set_alias(args.alias, args.ref)
             print(f"@{args.alias} -> version {v.number} ({v.mlgate_version})")

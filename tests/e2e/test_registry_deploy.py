@@ -46,7 +46,10 @@ def test_a_model_the_registry_lacks_fails_the_play_before_anything_changes(stack
     ):
         run = run_playbook("site.yml", "--tags", "api", "-e", f"mlgate_model={ref}")
         assert run.returncode != 0, run.stdout[-3000:]
-        message = f"mlgate_model \"{ref}\" cannot be deployed: model 'mlgate-emotions' {says}"
+        message = (
+            rf"The registry cannot give the model to deploy \(mlgate_model {re.escape(ref)}\): "
+            rf"model 'mlgate-emotions' {says}"
+        )
         assert re.search(message, run.stdout), run.stdout[-3000:]
         assert all(v in run.stdout for v in versions), "the sentence lists the versions there are"
         assert _containers(stack) == before, "a failed preflight changed containers"

@@ -98,7 +98,7 @@ def test_roles_derive_the_topology_from_the_users_inventory(fleet: Path, tmp_pat
                                 "msg": {
                                     "upstreams": "{{ nginx_v1_upstreams }}",
                                     "v2": "{{ nginx_v2_upstreams }}",
-                                    "here": "{{ api_v1_instances | map(attribute='name') }}",
+                                    "here": "{{ api_instances | map(attribute='name') }}",
                                     "image": "{{ api_image_name }}",
                                 }
                             }
@@ -127,7 +127,7 @@ def test_roles_derive_the_topology_from_the_users_inventory(fleet: Path, tmp_pat
         "10.1.0.12:8104",
     ]
     assert shown["gw-1"]["v2"] == ["10.0.0.11:8200"]  # the node after the last v1 replica
-    assert shown["api-1"]["here"] == ["outside-api-v1-1", "outside-api-v1-3"]
+    assert shown["api-1"]["here"] == ["outside-api-v1-1", "outside-api-v1-3", "outside-api-v2-1"]
     assert shown["api-2"]["here"] == ["outside-api-v1-2", "outside-api-v1-4"]
     assert shown["gw-1"]["here"] == []
     assert {s["image"] for s in shown.values()} == {"outside-api"}

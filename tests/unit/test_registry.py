@@ -312,11 +312,17 @@ def test_cli_checkout_prints_the_version_and_its_directory(
 ) -> None:
     Registry(store=store).register(model_dir)
     cache = tmp_path / "models"
-    assert registry_mod.main(["--store", str(store), "checkout", "@stable", str(cache)]) == 0
+
+    def checkout(*refs: str) -> int:
+        return registry_mod.main(["--store", str(store), "checkout", "--cache", str(cache), *refs])
+
+    assert checkout("@stable", "1", "@stable") == 0
     out = json.loads(capsys.readouterr().out)
-    assert (out["number"], out["fetched"]) == (1, True)
-    assert Path(out["path"]).parent == cache.resolve()
-    assert registry_mod.main(["--store", str(store), "checkout", "@nope", str(cache)]) == 2
+    assert sorted(out) == ["1", "@stable"]
+    assert (out["@stable"]["number"], out["@stable"]["fetched"]) == (1, True)
+    assert (out["1"]["path"], out["1"]["fetched"]) == (out["@stable"]["path"], False)
+    assert Path(out["1"]["path"]).parent == cache.resolve()
+    assert checkout("1", "@nope") == 2
     err = capsys.readouterr().err
     assert err.startswith("model.registry: ") and "has no alias '@nope'" in err
 

@@ -35,6 +35,13 @@ def test_the_default_list_is_todays_stack() -> None:
     assert (v1["name"], v1["model"], v1["debug"], v1["slot"]) == ("v1", "@stable", False, 0)
     assert (v2["name"], v2["model"], v2["debug"], v2["slot"]) == ("v2", "@stable", True, 1)
     assert legacy["v1"] == v1["instances"] and legacy["v2"] == v2["instances"]
+    assert [(r["name"], r["variant"], r["debug"], r["model"]) for r in legacy["instances"]] == [
+        ("mlgate-api-v1-1", "v1", False, "@stable"),
+        ("mlgate-api-v1-2", "v1", False, "@stable"),
+        ("mlgate-api-v1-3", "v1", False, "@stable"),
+        ("mlgate-api-v2-1", "v2", True, "@stable"),
+    ]
+    assert legacy["instances"][3]["surge"] == v2["instances"][0]["surge"]
     assert legacy["routes"] == {
         "headers": [
             {

@@ -10,6 +10,8 @@ topology) and how the gateway routes to them.
   address, what it publishes, and ``endpoint``, where the gateway host reaches it; a variant
   with one replica that is not the default route also has a ``surge`` twin (the gateway's
   backup for its route while it is replaced);
+* ``instances``: every API container (the default route's first), each with its variant's
+  name, debug flag and model;
 * ``routes``: the gateway's routing plan (see :func:`routing_plan`);
 * ``v1`` and ``v2``: the instances of the default route's variant and of the variants routed by
   the debug header (what the roles read through ``mlgate_api_v1_instances`` and
@@ -449,6 +451,13 @@ def mlgate_api_topology(settings: dict) -> dict:
     ]
     return {
         "variants": variants,
+        # every API container, the default route's first, then the others in list order, with
+        # what the api role needs to run it: its variant's name, debug flag and model
+        "instances": [
+            {**r, "variant": v["name"], "debug": v["debug"], "model": v["model"]}
+            for v in sorted(variants, key=lambda v: v["slot"] != 0)
+            for r in v["instances"]
+        ],
         "routes": routing_plan(variants),
         "v1": next(v["instances"] for v in variants if v["slot"] == 0),
         "v2": debug_route,
