@@ -85,45 +85,15 @@ def test_metrics_are_summed_across_two_workers(server, model_dir: Path) -> None:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     c.request("GET", "/metrics")
     m = parse_metrics(c.getresponse().read().decode())
-    assert (
-        metric(
-            m,
-            "mlgate_requests_total",
-            variant="v2",
-            model_version=mv,
-            handler="predict",
-            status="200",
-        )
-        == N_OK
-    )
-    assert (
-        metric(
-            m,
-            "mlgate_requests_total",
-            variant="v2",
-            model_version=mv,
-            handler="predict",
-            status="422",
-        )
-        == N_BAD
-    )
+    ours = {"variant": "v2", "model_version": mv}
+    for status, count in (("200", N_OK), ("422", N_BAD)):
+        assert metric(m, "mlgate_requests_total", **ours, handler="predict", status=status) == count
     for label, count in labels.items():
-        assert (
-            metric(m, "mlgate_predictions_total", variant="v2", model_version=mv, label=label)
-            == count
-        )
+        assert metric(m, "mlgate_predictions_total", **ours, label=label) == count
     total_predictions = sum(v for (n, _), v in m.items() if n == "mlgate_predictions_total")
     assert total_predictions == N_OK
-    assert (
-        metric(
-            m,
-            "mlgate_request_duration_seconds_count",
-            variant="v2",
-            model_version=mv,
-            handler="predict",
-        )
-        == N_OK + N_BAD
-    )
+    latency = metric(m, "mlgate_request_duration_seconds_count", **ours, handler="predict")
+    assert latency == N_OK + N_BAD
     info = [v for (n, _), v in m.items() if n == "mlgate_model_info"]
     assert info == [1.0]  # one series, not one per worker, not 2.0
-    assert metric(m, "mlgate_audit_log_errors_total", variant="v2", model_version=mv) == 0
+    assert metric(m, "mlgate_audit_log_errors_total", **ours) == 0
