@@ -42,9 +42,16 @@ class ModelError(Exception):
 
 
 def current_sklearn_version() -> str:
-    import sklearn
+    """The installed scikit-learn's version, from its package metadata: without importing
+    scikit-learn (seconds), which a deployment's up-to-date check does not otherwise need."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return sklearn.__version__
+    try:
+        return version("scikit-learn")
+    except PackageNotFoundError:  # not installed as a distribution (a source checkout)
+        import sklearn
+
+        return sklearn.__version__
 
 
 @dataclass
