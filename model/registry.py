@@ -16,10 +16,11 @@ A registered version of the model ``mlgate-emotions`` is one trained artifact
 
 References (``REF``): ``@alias``, a version number, or ``latest``.
 
-A deployment takes its versions with ``checkout --cache DIR REF...``: each artifact lands, verified (sha256 and
-card against the registry's record), in ``DIR/<version>-<sha256[:12]>/`` with a
-``registry.json`` beside it (``model.predictor.REGISTRY_FILENAME``: the API reports that version
-as its ``model_version`` and ``X-Model-Version``); a verified copy already there is reused.
+A deployment takes its versions with ``checkout --cache DIR REF...`` (``model.deploy``, after
+training): each artifact lands, verified (sha256 and card against the registry's record), in
+``DIR/<version>-<sha256[:12]>/`` with a ``registry.json`` beside it
+(``model.predictor.REGISTRY_FILENAME``: the API reports that version as its ``model_version``
+and ``X-Model-Version``); a verified copy already there is reused.
 """
 
 from __future__ import annotations

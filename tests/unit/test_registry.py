@@ -351,3 +351,28 @@ def test_the_api_reports_the_registry_version_of_a_checked_out_model(
         "model": "mlgate-emotions", "version": 2, "mlgate_version": v2.mlgate_version,
         "sha256": v2.sha256,
     }  # fmt: skip
+
+
+def test_deploy_trains_when_stale_then_checks_out_every_reference_in_one_process(
+    tiny_csv: Path, tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model.deploy import main as deploy_main
+
+    out, cache = tmp_path / "artifacts", tmp_path / "models"
+    common = ["--cache", str(cache), "--registry-store", str(store), "--data", str(tiny_csv)]
+    assert deploy_main([*common, "--out", str(out), "@stable", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("registered as mlgate-emotions version 1 (@stable)" in ln for ln in lines)
+    got = json.loads(lines[-1])
+    assert sorted(got) == ["1", "@stable"] and got["@stable"]["fetched"] is True
+    assert got["1"]["path"] == got["@stable"]["path"]
+    # nothing changed: up to date, already registered, the verified copy reused
+    assert deploy_main([*common, "--out", str(out), "@stable"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("model up to date" in ln for ln in lines)
+    assert json.loads(lines[-1])["@stable"]["fetched"] is False
+    # no training, a reference the registry lacks: exit 2, one sentence, nothing checked out
+    assert deploy_main([*common, "--no-train", "@stable", "7"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("model.deploy: model 'mlgate-emotions' has no version 7")
