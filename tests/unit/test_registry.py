@@ -376,3 +376,51 @@ def test_deploy_trains_when_stale_then_checks_out_every_reference_in_one_process
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("model.deploy: model 'mlgate-emotions' has no version 7")
+
+
+def test_a_no_change_deploy_skips_mlflow_until_the_store_is_written(
+    tiny_csv: Path, second_model: Path, tmp_path: Path, store: Path
+) -> None:
+    """The second unchanged run answers from its stamp without importing MLflow; moving an
+    alias (a write to the store) sends the next run to the registry again."""
+    import subprocess
+    import sys
+
+    out, cache = tmp_path / "artifacts", tmp_path / "models"
+    argv = [
+        "--cache", str(cache), "--registry-store", str(store), "--data", str(tiny_csv),
+        "--out", str(out), "@stable",
+    ]  # fmt: skip
+    probe = (
+        "import json, sys\n"
+        "from model.deploy import main\n"
+        f"code = main({argv!r})\n"
+        "print(json.dumps({'code': code, 'mlflow': 'mlflow' in sys.modules}))\n"
+    )
+
+    def deploy() -> tuple[dict, dict]:
+        run = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+            cwd=registry_mod.REPO_DIR,
+        )  # fmt: skip
+        lines = run.stdout.splitlines()
+        return json.loads(lines[-2]), json.loads(lines[-1])
+
+    first, how = deploy()  # trains, registers version 1 (a write): no stamp yet
+    assert how == {"code": 0, "mlflow": True} and first["@stable"]["number"] == 1
+    second, how = deploy()  # the registry asked, nothing written: the answers are stamped
+    assert how["mlflow"] is True and second["@stable"]["fetched"] is False
+    third, how = deploy()
+    assert how == {"code": 0, "mlflow": False}, "an unchanged run imported MLflow"
+    assert third == second
+    # a copy changed on disk is not trusted: the registry is asked and the copy replaced
+    (Path(third["@stable"]["path"]) / "model.joblib").write_bytes(b"tampered")
+    fourth, how = deploy()
+    assert how["mlflow"] is True and fourth["@stable"]["fetched"] is True
+    sixth, how = deploy()
+    assert how["mlflow"] is False and sixth == third
+    # another version registered and @stable moved to it (writes): the next run asks the
+    # registry and deploys it
+    Registry(store=store).register(second_model, alias="stable")
+    seventh, how = deploy()
+    assert how["mlflow"] is True and seventh["@stable"]["number"] == 2
