@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from model import train
-from model.predictor import CARD_FILENAME, MODEL_FILENAME, REGISTRY_FILENAME
-from model.registry import Registry, RegistryError, sha256_file
+from model.predictor import CARD_FILENAME
+from model.registry import Registry, RegistryError
 
 STAMP = ".deploy-stamp.json"
 
@@ -58,20 +58,6 @@ def _read_stamp(cache: Path, signature: list | None) -> dict:
     except (OSError, ValueError):
         return {}
     return stamp if isinstance(stamp, dict) and stamp.get("signature") == signature else {}
-
-
-def _still_there(record: dict) -> bool:
-    """The checked-out copy a stamp names is still the registered artifact, byte for byte."""
-    path = Path(record.get("path", ""))
-    try:
-        on_disk = json.loads((path / REGISTRY_FILENAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (
-        on_disk.get("version") == record.get("number")
-        and on_disk.get("sha256") == record.get("sha256")
-        and sha256_file(path / MODEL_FILENAME) == record.get("sha256")
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,14 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 3
     refs = list(dict.fromkeys(args.refs))
     known = stamp.get("refs", {})
-    if all(ref in known and _still_there(known[ref]) for ref in refs):
+    if all(ref in known and registry.copy_still_there(known[ref]) for ref in refs):
         out = {ref: {**known[ref], "fetched": False} for ref in refs}
     else:
-        out = {}
         try:
-            for ref in refs:
-                v, path, fetched = registry.checkout(ref, args.cache)
-                out[ref] = {**v.as_dict(), "path": str(path), "fetched": fetched}
+            out = registry.checkout_all(refs, args.cache)
         except RegistryError as exc:
             print(f"model.deploy: {exc}", file=sys.stderr)
             return 2

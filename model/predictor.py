@@ -139,6 +139,14 @@ def read_card(model_dir: Path) -> dict[str, Any]:
     return card
 
 
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_registry_record(model_dir: Path, card: dict[str, Any]) -> dict[str, Any]:
     """The registry record beside the artifact ({} when there is none), checked against the
     card and the model file's sha256: a container serves exactly the registered artifact."""
@@ -162,13 +170,10 @@ def read_registry_record(model_dir: Path, card: dict[str, Any]) -> dict[str, Any
             f"registry record {path} is for model version {record.get('mlgate_version')!r}, "
             f"{CARD_FILENAME} says {card['version']!r}"
         )
-    h = hashlib.sha256()
-    with (model_dir / MODEL_FILENAME).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    if h.hexdigest() != record["sha256"]:
+    digest = sha256_file(model_dir / MODEL_FILENAME)
+    if digest != record["sha256"]:
         raise ModelError(
-            f"{model_dir / MODEL_FILENAME} has sha256 {h.hexdigest()}, registry version "
+            f"{model_dir / MODEL_FILENAME} has sha256 {digest}, registry version "
             f"{record['version']} recorded {record['sha256']}"
         )
     return record

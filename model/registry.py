@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -41,7 +40,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from model.predictor import CARD_FILENAME, MODEL_FILENAME, REGISTRY_FILENAME
+from model.predictor import CARD_FILENAME, MODEL_FILENAME, REGISTRY_FILENAME, sha256_file
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = REPO_DIR / ".mlgate" / "mlflow"
@@ -82,14 +81,6 @@ class Version:
             "mlgate_version": self.mlgate_version,
             "sha256": self.sha256,
         }
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def git_revision(repo: Path = REPO_DIR) -> str:
@@ -408,6 +399,24 @@ class Registry:
                 return version, dest, False
             return self._fetch(version, dest), dest, True
 
+    def checkout_all(self, refs: Sequence[str], cache: Path) -> dict[str, dict[str, Any]]:
+        """:meth:`checkout` of each reference: {ref: version as a dict, path, fetched}."""
+        out = {}
+        for ref in dict.fromkeys(refs):
+            v, path, fetched = self.checkout(ref, cache)
+            out[ref] = {**v.as_dict(), "path": str(path), "fetched": fetched}
+        return out
+
+    def copy_still_there(self, record: dict[str, Any]) -> bool:
+        """Whether the copy a :meth:`checkout_all` record names still holds that version."""
+        try:
+            fields = {k: record[k] for k in ("number", "mlgate_version", "sha256", "run_id")}
+            path = Path(record["path"])
+        except (KeyError, TypeError):  # not a record this code wrote
+            return False
+        version = Version(**fields, aliases=(), metrics={})
+        return _verified_copy(path, version, self.model_name)
+
     def _fetch(self, version: Version, dest: Path) -> Version:
         dest = dest.resolve()
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -519,11 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             v = registry.fetch(args.ref, args.dest)
             print(json.dumps({**v.as_dict(), "path": str(args.dest.resolve())}, sort_keys=True))
         elif args.command == "checkout":
-            out = {}
-            for ref in dict.fromkeys(args.refs):
-                v, path, fetched = registry.checkout(ref, args.cache)
-                out[ref] = {**v.as_dict(), "path": str(path), "fetched": fetched}
-            print(json.dumps(out, sort_keys=True))
+            print(json.dumps(registry.checkout_all(args.refs, args.cache), sort_keys=True))
         elif args.command == "alias":
             v = registry.set_alias(args.alias, args.ref)
             print(f"@{args.alias} -> version {v.number} ({v.mlgate_version})")
