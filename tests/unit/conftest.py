@@ -165,7 +165,7 @@ def serve_api(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]
             [sys.executable, "-m", "api"], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 300  # a hang guard: niced beside Molecule, start is slow
             while True:
                 assert proc.poll() is None, log_path.read_text()
                 try:

@@ -24,7 +24,7 @@ def launch(env_overrides: dict[str, str], tmp_path: Path) -> subprocess.Complete
     })  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", "api"], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=60,
+        timeout=300,  # a hang guard (the launcher refuses in ~1 s idle; niced beside Molecule)
     )  # fmt: skip
 
 

@@ -160,7 +160,7 @@ def test_paced_load_never_bursts_to_catch_up_after_a_slow_answer(serve) -> None:
     server = serve(handle)
     load = PacedLoad(server.url, ca=None, auth=("u", "p"), rate=10.0)
     load.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # a hang guard: ~2.2 s idle
     while len(arrivals) < 12 and time.monotonic() < deadline:
         time.sleep(0.05)
     load.stop()

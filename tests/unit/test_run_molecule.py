@@ -68,7 +68,7 @@ def fake(tmp_path: Path):
         env.update({f"HOLD_{k}": v for k, v in (hold or {}).items()})
         journal.write_text("")
         proc = subprocess.run(
-            [str(SCRIPT), *scenarios], env=env, capture_output=True, text=True, timeout=60
+            [str(SCRIPT), *scenarios], env=env, capture_output=True, text=True, timeout=300
         )
         # (kind, name): the first start, the last end; (kind, name, step): that step's
         events: dict = {}

@@ -48,9 +48,8 @@ def test_openapi_contract_holds_under_schemathesis(served: str, tmp_path: Path) 
         f"{served}/openapi.json",
         "--checks", "all",
         "--max-examples", MAX_EXAMPLES,
-        "--request-timeout", "5",
+        "--request-timeout", "30",  # a hang guard, not a latency claim (niced beside Molecule)
         workdir=tmp_path,
-        timeout=90,
     )  # fmt: skip
     print(f"schemathesis direct {served}: {summary(report)}")
     assert_clean(proc, report, operations=OPERATIONS, min_cases=150)
