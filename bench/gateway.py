@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = yaml.safe_load(STACK.read_text())
     ref = yaml.safe_load(REF_STACK.read_text())
-    ref_host, ref_port = ref["nginx_v1_upstreams"][0].rsplit(":", 1)
+    ref_host, ref_port = ref["nginx_upstreams"][0]["servers"][0].rsplit(":", 1)
     engine = docker.from_env()
     ref_proc = None
     try:

@@ -96,8 +96,8 @@ def test_roles_derive_the_topology_from_the_users_inventory(fleet: Path, tmp_pat
                         {
                             "ansible.builtin.debug": {
                                 "msg": {
-                                    "upstreams": "{{ nginx_v1_upstreams }}",
-                                    "v2": "{{ nginx_v2_upstreams }}",
+                                    "upstreams": "{{ nginx_upstreams }}",
+                                    "routes": "{{ nginx_routes }}",
                                     "here": "{{ api_instances | map(attribute='name') }}",
                                     "image": "{{ api_image_name }}",
                                 }
@@ -120,13 +120,16 @@ def test_roles_derive_the_topology_from_the_users_inventory(fleet: Path, tmp_pat
     # the user's group_vars/all.yml wins over the defaults: 4 replicas, stack "outside";
     # round robin over the API nodes in inventory order; the gateway reaches each replica on
     # its node's internal address (ansible_host, or mlgate_internal_address when set)
-    assert shown["gw-1"]["upstreams"] == [
-        "10.0.0.11:8101",
-        "10.1.0.12:8102",
-        "10.0.0.11:8103",
-        "10.1.0.12:8104",
-    ]
-    assert shown["gw-1"]["v2"] == ["10.0.0.11:8200"]  # the node after the last v1 replica
+    v1, v2 = shown["gw-1"]["upstreams"]
+    assert v1 == {
+        "variant": "v1",
+        "servers": ["10.0.0.11:8101", "10.1.0.12:8102", "10.0.0.11:8103", "10.1.0.12:8104"],
+        "backup": [],
+    }
+    # v2 on the node after the last v1 replica, its surge twin beside it as the backup
+    assert v2 == {"variant": "v2", "servers": ["10.0.0.11:8200"], "backup": ["10.0.0.11:8201"]}
+    assert shown["gw-1"]["routes"]["default"] == "v1"
+    assert [h["variant"] for h in shown["gw-1"]["routes"]["headers"]] == ["v2"]
     assert shown["api-1"]["here"] == ["outside-api-v1-1", "outside-api-v1-3", "outside-api-v2-1"]
     assert shown["api-2"]["here"] == ["outside-api-v1-2", "outside-api-v1-4"]
     assert shown["gw-1"]["here"] == []
@@ -141,3 +144,29 @@ def test_replica_counts_that_would_collide_are_refused_in_preflight(tmp_path: Pa
     assert refused.returncode != 0
     assert "between 1 and 19" in refused.stdout and "a 20th replica would take it" in refused.stdout
     assert _run(*site, "-e", "mlgate_api_v1_replicas=19").returncode == 0
+
+
+def test_impossible_variants_are_refused_before_any_host_changes(tmp_path: Path) -> None:
+    """mlgate_variants is checked in the site's first tasks (tag always): a list the gateway
+    cannot route fails with the filter's sentence; a list it can route passes."""
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(json.dumps({"mlgate": {"hosts": {"localhost": LOCAL}}}))
+    site = ("-i", str(inv), "playbooks/site.yml", "--tags", "mlgate-none")
+    two_defaults = [
+        {"name": "a", "route": "default"},
+        {"name": "b", "route": "default"},
+    ]
+    refused = _run(*site, "-e", json.dumps({"mlgate_variants": two_defaults}))
+    assert refused.returncode != 0
+    assert "one default route only, not 2 (a, b)" in refused.stdout, refused.stdout[-3000:]
+    over = [
+        {"name": "v1", "route": "default"},
+        {"name": "a", "route": {"weight": 60}},
+        {"name": "b", "route": {"weight": 50, "sticky": True}},
+    ]
+    refused = _run(*site, "-e", json.dumps({"mlgate_variants": over}))
+    assert refused.returncode != 0
+    assert "the weights sum to 110 % (a 60, b 50): at most 100" in refused.stdout
+    fine = [*over[:2], {"name": "b", "route": {"shadow": 100}}]
+    ok = _run(*site, "-e", json.dumps({"mlgate_variants": fine}))
+    assert ok.returncode == 0, ok.stdout[-3000:]

@@ -72,6 +72,17 @@ def test_the_issues_example_on_one_host_and_on_a_fleet() -> None:
     assert by["canary"]["model"] == "@candidate"
     assert got["routes"]["split"] == [{"variant": "canary", "percent": "10.00"}]
     assert got["routes"]["shadows"] == [{"variant": "shadow", "percent": "100"}]
+    # the gateway's upstream group per variant: its replicas, its surge twin as the backup
+    assert got["upstreams"] == [
+        {
+            "variant": "v1",
+            "servers": [f"172.31.57.{11 + i}:8000" for i in range(3)],
+            "backup": [],
+        },
+        {"variant": "v2", "servers": ["172.31.57.30:8000"], "backup": ["172.31.57.31:8000"]},
+        {"variant": "canary", "servers": ["172.31.57.50:8000"], "backup": ["172.31.57.51:8000"]},
+        {"variant": "shadow", "servers": ["172.31.57.60:8000"], "backup": ["172.31.57.61:8000"]},
+    ]
     # over two nodes that are not the gateway: slot 2 -> node port base + 110, slot 3 -> + 120
     fleet = with_variants(
         ISSUE_EXAMPLE,

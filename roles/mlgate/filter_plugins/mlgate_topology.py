@@ -13,6 +13,8 @@ topology) and how the gateway routes to them.
 * ``instances``: every API container (the default route's first), each with its variant's
   name, debug flag and model;
 * ``routes``: the gateway's routing plan (see :func:`routing_plan`);
+* ``upstreams``: per variant, the endpoints of its replicas (``servers``) and of its surge twin
+  (``backup``), the gateway's upstream group;
 * ``v1`` and ``v2``: the instances of the default route's variant and of the variants routed by
   the debug header (what the roles read through ``mlgate_api_v1_instances`` and
   ``mlgate_api_v2_instances``).
@@ -459,6 +461,16 @@ def mlgate_api_topology(settings: dict) -> dict:
             for r in v["instances"]
         ],
         "routes": routing_plan(variants),
+        # the gateway's upstream group of each variant: its replicas, and its surge twin as a
+        # backup (nginx sends there only while the variant's own replica is unavailable)
+        "upstreams": [
+            {
+                "variant": v["name"],
+                "servers": [r["endpoint"] for r in v["instances"]],
+                "backup": [r["surge"]["endpoint"] for r in v["instances"] if "surge" in r],
+            }
+            for v in variants
+        ],
         "v1": next(v["instances"] for v in variants if v["slot"] == 0),
         "v2": debug_route,
     }
