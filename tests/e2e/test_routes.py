@@ -1,0 +1,278 @@
+"""Variants as data through the gateway: weighted, sticky, header and shadow routes.
+
+The stack gets four variants beside today's pair by a re-run of the playbook with
+``mlgate_variants`` (under load: no request may fail), and loses them again at the end the same
+way. Each answer names the container that gave it (``X-Mlgate-Replica``), so every count below
+is read from the answers themselves, not from the gateway's own labels.
+
+- per request, the shares of the weights 10 / 50 / 20 (sticky) and of the default route (20)
+  each lie in their binomial 99.9 % interval over N requests, every one from a new client;
+- a sticky client (``X-Client-Id``, or without it the basic-auth user) never changes: a client
+  in the sticky variant's share gets only that variant over 50 requests, a client outside it
+  never gets it, and different clients spread over both;
+- the debug header beats every weight: exactly the debug variant;
+- the shadow gets a copy of exactly the requests the default route answered (joined by request
+  id in the audit log), and no other; the client's answer is always the default route's; with
+  the shadow paused (slow) or killed, no client request fails.
+
+Run by the nginx scenario's verify (``MLGATE_E2E_REUSE=1``, its stack) after the other e2e
+files it runs; the default scenario's e2e suite leaves it out.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import ssl
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import docker
+import httpx
+import pytest
+
+from .conftest import Stack, assert_both_cohorts_served, run_playbook, stack_settings, steady_load
+
+N = 2000  # per-request split: 99.9 % intervals of +-2.2 % (10 %) to +-3.7 % (50 %)
+Z999 = 3.2905  # two-sided 99.9 % quantile of the normal distribution
+CLIENTS = 40  # sticky clients; all on one side has probability 2 * 0.8^40 + 0.2^40 < 3e-4
+PER_CLIENT = 50
+WEIGHTS = {"canary": 10, "half": 50, "sticky": 20}  # the default route, v1, takes the rest
+
+
+def variants(v1_replicas: int) -> list[dict]:
+    return [
+        {"name": "v1", "replicas": v1_replicas, "route": "default"},
+        {
+            "name": "v2",
+            "replicas": 1,
+            "debug": True,
+            "route": {"header": "X-Experiment-Group", "value": "debug"},
+        },
+        {"name": "canary", "route": {"weight": WEIGHTS["canary"]}},
+        {"name": "half", "route": {"weight": WEIGHTS["half"]}},
+        {"name": "sticky", "route": {"weight": WEIGHTS["sticky"], "sticky": True}},
+        {"name": "shadow", "route": {"shadow": 100}},
+    ]
+
+
+def variant_of(replica: str, stack: str) -> str:
+    """`<stack>-api-<variant>-<i>` (or its `-surge` twin) -> variant."""
+    prefix = f"{stack}-api-"
+    assert replica.startswith(prefix), replica
+    return replica[len(prefix) :].removesuffix("-surge").rsplit("-", 1)[0]
+
+
+def deploy(stack: Stack, extra: dict) -> None:
+    """site.yml --tags api,nginx with `extra`, under steady load of both cohorts: no failure."""
+    load = steady_load(stack)
+    load.start()
+    try:
+        time.sleep(1)
+        done = run_playbook("site.yml", "--tags", "api,nginx", "-e", json.dumps(extra))
+        time.sleep(1)
+    finally:
+        load.stop()
+    print(f"deploy {sorted(extra)}: {load.report()}")
+    assert done.returncode == 0, done.stdout[-6000:]
+    # a reload closes idle keep-alive connections: at most one retry per reload (loadgen.py)
+    load.assert_no_failure(max_retried=2)
+    assert_both_cohorts_served(load, at_least=5)
+
+
+@pytest.fixture(scope="module")
+def routed(stack: Stack, pacer) -> Iterator[dict]:
+    settings = stack_settings()
+    host = settings["mlgate_network_subnet"].rsplit(".", 1)[0] + ".1"
+    # the test's clients reach nginx from the network's gateway address (Docker's proxy on
+    # 127.0.0.1): exempt from the rate limit, as bench/ does, so that N requests take seconds
+    extra = {
+        "mlgate_variants": variants(int(settings.get("mlgate_api_v1_replicas", 3))),
+        "nginx_rate_limit_exempt": [host],
+    }
+    pacer.refill()
+    deploy(stack, extra)
+    yield extra
+    # removing the variants again is a re-run under load too; their containers go
+    pacer.refill()
+    deploy(stack, {})
+    left = docker.from_env().containers.list(
+        all=True, filters={"label": f"io.mlgate.stack={stack.name}"}
+    )
+    names = {c.name for c in left}
+    gone = {f"{stack.name}-api-{v}-1" for v in ("canary", "half", "sticky", "shadow")}
+    assert not names & gone, sorted(names & gone)
+
+
+def send(
+    stack: Stack, requests: list[dict[str, str]], threads: int = 4
+) -> list[tuple[dict[str, str], httpx.Response]]:
+    """POST /predict once per header set, from `threads` keep-alive clients at once."""
+    tls = ssl.create_default_context(cafile=str(stack.ca))
+    out: list = [None] * len(requests)
+    errors: list[str] = []
+
+    def worker(k: int) -> None:
+        with httpx.Client(base_url=stack.https, verify=tls, timeout=30) as c:
+            for i in range(k, len(requests), threads):
+                try:
+                    out[i] = (
+                        requests[i],
+                        c.post(
+                            "/predict",
+                            json={"sentence": "the weather is lovely today"},
+                            auth=(stack.user, stack.password),
+                            headers=requests[i],
+                        ),
+                    )
+                except httpx.HTTPError as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(600)
+    assert errors == [], errors[:5]
+    assert all(o is not None for o in out)
+    bad = collections.Counter(r.status_code for _, r in out if r.status_code != 200)
+    assert not bad, bad
+    return out
+
+
+def audit_records(stack: Stack, variant: str) -> list[dict]:
+    """The audit log's records of one variant (one log volume per node: every API container
+    of this host writes there), read through a v1 container."""
+    v1 = docker.from_env().containers.get(f"{stack.name}-api-v1-1")
+    res = v1.exec_run(["sh", "-c", "cat /var/log/mlgate/predictions.jsonl*"])
+    assert res.exit_code == 0, res.output[-2000:]
+    records = [json.loads(line) for line in res.output.decode().splitlines() if line]
+    return [r for r in records if r.get("variant") == variant]
+
+
+def test_per_request_weights_lie_in_their_binomial_interval(routed, stack: Stack) -> None:
+    answers = send(stack, [{"X-Client-Id": uuid.uuid4().hex} for _ in range(N)])
+    got = collections.Counter(
+        variant_of(r.headers["x-mlgate-replica"], stack.name) for _, r in answers
+    )
+    shares = {**WEIGHTS, "v1": 100 - sum(WEIGHTS.values())}
+    print(f"{N} requests, each from a new client: {dict(got)} (weights {shares})")
+    assert set(got) == set(shares), got
+    for name, percent in shares.items():
+        p = percent / 100
+        half_width = Z999 * math.sqrt(N * p * (1 - p))
+        assert abs(got[name] - N * p) <= half_width, (name, got[name], N * p, half_width)
+
+
+def test_a_sticky_client_keeps_its_variant_and_clients_spread(routed, stack: Stack) -> None:
+    clients = [f"client-{uuid.uuid4().hex[:12]}" for _ in range(CLIENTS)]
+    requests = [{"X-Client-Id": c} for c in clients for _ in range(PER_CLIENT)]
+    # and the basic-auth user as the key, for a client that sends no X-Client-Id
+    requests += [{} for _ in range(PER_CLIENT)]
+    answers = send(stack, requests)
+    seen: dict[str, set[str]] = collections.defaultdict(set)
+    for headers, r in answers:
+        seen[headers.get("X-Client-Id", "(user)")].add(
+            variant_of(r.headers["x-mlgate-replica"], stack.name)
+        )
+    inside = sorted(c for c, vs in seen.items() if "sticky" in vs)
+    print(f"{len(seen)} clients x {PER_CLIENT} requests: {len(inside)} on the sticky variant")
+    for client, vs in seen.items():
+        # in the sticky share: that variant only; outside it: never
+        assert vs == {"sticky"} or "sticky" not in vs, (client, vs)
+    assert 0 < len([c for c in inside if c != "(user)"]) < CLIENTS, seen
+
+
+def test_the_debug_header_beats_every_weight(routed, stack: Stack) -> None:
+    requests = [
+        {"X-Experiment-Group": "debug", "X-Client-Id": uuid.uuid4().hex} for _ in range(200)
+    ]
+    answers = send(stack, requests)
+    got = collections.Counter(
+        variant_of(r.headers["x-mlgate-replica"], stack.name) for _, r in answers
+    )
+    assert got == {"v2": 200}, got
+    assert all("prediction_proba_dict" in r.json() for _, r in answers)
+    # any other value, in any other case, takes the weighted split and the default route
+    answers = send(stack, [{"X-Experiment-Group": "DEBUG", "X-Client-Id": uuid.uuid4().hex}] * 100)
+    assert "v2" not in {variant_of(r.headers["x-mlgate-replica"], stack.name) for _, r in answers}
+
+
+def _wait_for_copies(stack: Stack, ids: set[str], seconds: float = 30) -> set[str]:
+    """Request ids of `ids` the shadow recorded, once it has all of them or after `seconds`
+    (the copies are answered after the clients' answers, and the log is flushed per line)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        copied = {r["request_id"] for r in audit_records(stack, "shadow")}
+        if ids <= copied or time.monotonic() > deadline:
+            return copied
+        time.sleep(0.5)
+
+
+def test_the_shadow_gets_a_copy_of_exactly_the_default_routes_requests(
+    routed, stack: Stack
+) -> None:
+    before = {r["request_id"] for r in audit_records(stack, "shadow")}
+    requests = [
+        {"X-Request-ID": f"shadow-{uuid.uuid4().hex}", "X-Client-Id": uuid.uuid4().hex}
+        for _ in range(300)
+    ]
+    requests += [
+        {"X-Request-ID": f"shadow-{uuid.uuid4().hex}", "X-Experiment-Group": "debug"}
+        for _ in range(50)
+    ]
+    answers = send(stack, requests)
+    by_variant = collections.defaultdict(set)
+    for headers, r in answers:
+        assert r.headers["x-request-id"] == headers["X-Request-ID"]
+        by_variant[variant_of(r.headers["x-mlgate-replica"], stack.name)].add(
+            headers["X-Request-ID"]
+        )
+    # no client answer ever comes from the shadow
+    assert "shadow" not in by_variant, by_variant.keys()
+    sent = {h["X-Request-ID"] for h in requests}
+    copied = _wait_for_copies(stack, by_variant["v1"]) - before
+    print(
+        f"{len(sent)} requests, {len(by_variant['v1'])} on the default route, "
+        f"{len(copied & sent)} copies to the shadow"
+    )
+    assert copied & sent == by_variant["v1"], (
+        f"missing {len(by_variant['v1'] - copied)}, extra {len((copied & sent) - by_variant['v1'])}"
+    )
+
+
+@pytest.mark.parametrize("trouble", ["paused", "killed"])
+def test_a_slow_or_dead_shadow_fails_no_client_request(routed, stack: Stack, trouble) -> None:
+    shadow = docker.from_env().containers.get(f"{stack.name}-api-shadow-1")
+    tls = ssl.create_default_context(cafile=str(stack.ca))
+    latencies: list[float] = []
+    statuses: collections.Counter = collections.Counter()
+    (shadow.pause if trouble == "paused" else shadow.kill)()
+    try:
+        # one keep-alive client: nginx holds its connection until each copy ends (or times out)
+        with httpx.Client(base_url=stack.https, verify=tls, timeout=30) as c:
+            for _ in range(30):
+                start = time.monotonic()
+                r = c.post(
+                    "/predict",
+                    json={"sentence": "the shadow is in trouble"},
+                    auth=(stack.user, stack.password),
+                    headers={"X-Client-Id": uuid.uuid4().hex},
+                )
+                latencies.append(time.monotonic() - start)
+                statuses[r.status_code] += 1
+    finally:
+        if trouble == "paused":
+            shadow.unpause()
+        else:
+            shadow.start()
+    q = statistics.quantiles(latencies, n=100)
+    print(
+        f"shadow {trouble}: {dict(statuses)}, keep-alive client p50 {q[49] * 1000:.0f} ms, "
+        f"p99 {q[98] * 1000:.0f} ms"
+    )
+    assert statuses == {200: 30}, statuses
