@@ -47,6 +47,17 @@ def main() -> int:
         predictor = load_predictor(settings.model_dir)
     except ModelError as exc:
         return refuse(str(exc))
+    if settings.reference_model_dir is not None:
+        try:
+            reference = load_predictor(settings.reference_model_dir)
+        except ModelError as exc:
+            return refuse(f"reference model (MLGATE_REFERENCE_MODEL_DIR): {exc}")
+        if list(reference.classes) != list(predictor.classes):
+            return refuse(
+                f"the reference model in {settings.reference_model_dir} predicts other labels "
+                f"than the model in {settings.model_dir}: they cannot be compared"
+            )
+        del reference
     multiproc = settings.multiproc_dir or settings.default_multiproc_dir()
     try:
         multiproc.mkdir(parents=True, exist_ok=True, mode=0o700)

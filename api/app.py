@@ -102,9 +102,15 @@ class PredictHandler:
     (content type, body bytes, request id) -> (status, JSON body bytes)."""
 
     def __init__(
-        self, settings: Settings, predictor: Predictor, audit: AuditLog, metrics: RequestMetrics
+        self,
+        settings: Settings,
+        predictor: Predictor,
+        audit: AuditLog,
+        metrics: RequestMetrics,
+        reference: Predictor | None = None,
     ) -> None:
         self.predictor, self.audit, self.metrics = predictor, audit, metrics
+        self.reference = reference
         self.variant, self.replica = settings.variant, settings.replica
         self.debug = settings.debug
         self.max_chars = settings.max_chars
@@ -140,6 +146,15 @@ class PredictHandler:
         else:
             out = {"prediction value": label}
         self.metrics.predicted(label)
+        compared: dict[str, str] = {}
+        if self.reference is not None:
+            # the same input through the reference model: agreement counted exactly, per
+            # request, and kept in the audit record beside the label
+            compared = {
+                "reference_version": self.reference.version,
+                "reference_label": self.reference.predict(sentence),
+            }
+            self.metrics.compared(self.reference.version, label, compared["reference_label"])
         if not self.audit.record(
             request_id=request_id,
             variant=self.variant,
@@ -148,6 +163,7 @@ class PredictHandler:
             latency_ms=ms,
             sentence=sentence,
             model_version=self.version,
+            **compared,
         ):
             self.metrics.audit_errors.inc()
         return 200, json.dumps(out).encode()
@@ -300,6 +316,7 @@ def create_app(
     predictor: Predictor | None = None,
     audit: AuditLog | None = None,
     fast_route: bool = True,
+    reference: Predictor | None = None,
 ) -> Any:
     """Build the ASGI app: a FastAPI app wrapped in :class:`MlgateMiddleware`.
 
@@ -308,6 +325,8 @@ def create_app(
     """
     settings = settings or Settings.from_env()
     predictor = predictor or load_predictor(settings.model_dir)
+    if reference is None and settings.reference_model_dir is not None:
+        reference = load_predictor(settings.reference_model_dir)
     audit = audit or AuditLog(
         settings.audit_dir,
         settings.audit_max_bytes,
@@ -319,13 +338,19 @@ def create_app(
     debug = settings.debug
     max_chars, max_body = settings.max_chars, settings.max_body_bytes
     metrics = RequestMetrics(variant, version)
-    handler = PredictHandler(settings, predictor, audit, metrics)
+    handler = PredictHandler(settings, predictor, audit, metrics, reference)
     set_model_info(variant, version, current_sklearn_version())
     card_body = json.dumps(
         {**predictor.card, **({"registry": predictor.registry} if predictor.registry else {})}
     ).encode()
     health_body = json.dumps(
-        {"status": "ok", "variant": variant, "model_version": version, "replica": replica}
+        {
+            "status": "ok",
+            "variant": variant,
+            "model_version": version,
+            "replica": replica,
+            **({"reference_version": reference.version} if reference is not None else {}),
+        }
     ).encode()
 
     app = FastAPI(

@@ -72,6 +72,8 @@ class AuditLog:
         latency_ms: float,
         sentence: str,
         model_version: str,
+        reference_version: str | None = None,
+        reference_label: str | None = None,
     ) -> bool:
         """Append one record; return False (never raise) when it could not be written."""
         try:
@@ -85,6 +87,9 @@ class AuditLog:
                 "latency_ms": round(latency_ms, 3),
                 "sentence_chars": len(sentence),
             }
+            if reference_label is not None:
+                entry["reference_version"] = reference_version
+                entry["reference_label"] = reference_label
             if self._key:
                 entry["sentence_hmac_sha256"] = hmac.new(
                     self._key, sentence.encode("utf-8", "surrogatepass"), hashlib.sha256

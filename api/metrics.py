@@ -58,6 +58,19 @@ AUDIT_ERRORS = Counter(
     "mlgate_audit_log_errors_total", "Audit log records that could not be written",
     ["variant", "model_version"],
 )  # fmt: skip
+# A variant with a reference model (a shadow: the default route's model beside its own)
+# compares every prediction with the reference's on the same input: agreement per pair of
+# versions, and the pairs of labels (13 x 13 at most per pair of versions).
+AGREEMENT = Counter(
+    "mlgate_agreement_total",
+    "Predictions compared with the reference model's on the same input, by agreement",
+    ["variant", "model_version", "reference_version", "agree"],
+)  # fmt: skip
+LABEL_PAIRS = Counter(
+    "mlgate_agreement_labels_total",
+    "Predictions compared with the reference model's, by pair of labels",
+    ["variant", "model_version", "reference_version", "label", "reference_label"],
+)  # fmt: skip
 
 
 def handler_for(path: str) -> str:
@@ -72,6 +85,7 @@ class RequestMetrics:
         self._requests: dict[tuple[str, int], object] = {}
         self._latency = {h: LATENCY.labels(variant, model_version, h) for h in HANDLERS}
         self._predictions: dict[str, object] = {}
+        self._compared: dict[tuple[str, str, str], tuple[object, object]] = {}
         self.audit_errors = AUDIT_ERRORS.labels(variant, model_version)
 
     def observe(self, handler: str, status: int, seconds: float) -> None:
@@ -83,6 +97,19 @@ class RequestMetrics:
             )
         child.inc()  # type: ignore[attr-defined]
         self._latency[handler].observe(seconds)
+
+    def compared(self, reference_version: str, label: str, reference_label: str) -> None:
+        key = (reference_version, label, reference_label)
+        children = self._compared.get(key)
+        if children is None:
+            labels = (self.variant, self.model_version, reference_version)
+            agree = "true" if label == reference_label else "false"
+            children = self._compared[key] = (
+                AGREEMENT.labels(*labels, agree),
+                LABEL_PAIRS.labels(*labels, label, reference_label),
+            )
+        for child in children:
+            child.inc()  # type: ignore[attr-defined]
 
     def predicted(self, label: str) -> None:
         child = self._predictions.get(label)

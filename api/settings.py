@@ -5,6 +5,7 @@
 | MLGATE_VARIANT             | v1 (the variant's name: v1, v2, canary, ...) |
 | MLGATE_DEBUG               | 1 for v2, else 0 (answers add probabilities and debug fields) |
 | MLGATE_MODEL_DIR           | model/artifacts beside the package    |
+| MLGATE_REFERENCE_MODEL_DIR | unset (a model each prediction is compared with) |
 | MLGATE_BIND                | 127.0.0.1:8000                        |
 | MLGATE_WORKERS             | 2                                     |
 | MLGATE_MAX_CHARS           | 5000                                  |
@@ -46,6 +47,7 @@ class Settings:
     variant: str = "v1"
     debug: bool = False
     model_dir: Path = ROOT / "model" / "artifacts"
+    reference_model_dir: Path | None = None
     bind: str = "127.0.0.1:8000"
     workers: int = 2
     max_chars: int = 5000
@@ -110,6 +112,7 @@ class Settings:
         if len(replica) > 253 or not replica.isprintable():
             raise SettingsError("MLGATE_REPLICA must be a printable name of at most 253 chars")
         model_dir = Path(get("MLGATE_MODEL_DIR") or cls.model_dir)
+        reference = get("MLGATE_REFERENCE_MODEL_DIR")
         audit_dir = Path(get("MLGATE_AUDIT_DIR") or cls.audit_dir)
         multiproc = get("PROMETHEUS_MULTIPROC_DIR")
         key_file = get("MLGATE_AUDIT_KEY_FILE")
@@ -118,6 +121,7 @@ class Settings:
             # v2 is the debug variant unless told otherwise (the exam's contract)
             debug=flag("MLGATE_DEBUG", default=variant == "v2"),
             model_dir=model_dir,
+            reference_model_dir=Path(reference) if reference else None,
             bind=bind,
             workers=integer("MLGATE_WORKERS", cls.workers, 1, 64),
             max_chars=integer("MLGATE_MAX_CHARS", cls.max_chars, 1, 1_000_000),
