@@ -213,10 +213,24 @@ def _wait_for_copies(stack: Stack, ids: set[str], seconds: float = 30) -> set[st
         time.sleep(0.5)
 
 
+def agreement_total(stack: Stack) -> float:
+    """The shadow's comparisons with its reference model, all pairs and outcomes, read from its
+    own /metrics (the host reaches the API containers' addresses)."""
+    shadow = docker.from_env().containers.get(f"{stack.name}-api-shadow-1")
+    address = next(iter(shadow.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    text = httpx.get(f"http://{address}:8000/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("mlgate_agreement_total{")
+    )
+
+
 def test_the_shadow_gets_a_copy_of_exactly_the_default_routes_requests(
     routed, stack: Stack
 ) -> None:
     before = {r["request_id"] for r in audit_records(stack, "shadow")}
+    compared_before = agreement_total(stack)
     requests = [
         {"X-Request-ID": f"shadow-{uuid.uuid4().hex}", "X-Client-Id": uuid.uuid4().hex}
         for _ in range(300)
@@ -227,6 +241,7 @@ def test_the_shadow_gets_a_copy_of_exactly_the_default_routes_requests(
     ]
     answers = send(stack, requests)
     by_variant = collections.defaultdict(set)
+    label_of = {h["X-Request-ID"]: r.json()["prediction value"] for h, r in answers}
     for headers, r in answers:
         assert r.headers["x-request-id"] == headers["X-Request-ID"]
         by_variant[variant_of(r.headers["x-mlgate-replica"], stack.name)].add(
@@ -243,6 +258,15 @@ def test_the_shadow_gets_a_copy_of_exactly_the_default_routes_requests(
     assert copied & sent == by_variant["v1"], (
         f"missing {len(by_variant['v1'] - copied)}, extra {len((copied & sent) - by_variant['v1'])}"
     )
+    # each copy was compared with the default route's model on the same input: the reference
+    # label the shadow recorded is the label the client got from v1, request by request, and
+    # the agreement counters grew by exactly the number of copies
+    records = {r["request_id"]: r for r in audit_records(stack, "shadow")}
+    v1_version = {r["model_version"] for r in audit_records(stack, "v1")}
+    for rid in by_variant["v1"]:
+        assert records[rid]["reference_label"] == label_of[rid], records[rid]
+        assert records[rid]["reference_version"] in v1_version, records[rid]
+    assert agreement_total(stack) - compared_before == len(by_variant["v1"])
 
 
 @pytest.mark.parametrize("trouble", ["paused", "killed"])

@@ -72,6 +72,15 @@ def test_the_issues_example_on_one_host_and_on_a_fleet() -> None:
     assert by["canary"]["model"] == "@candidate"
     assert got["routes"]["split"] == [{"variant": "canary", "percent": "10.00"}]
     assert got["routes"]["shadows"] == [{"variant": "shadow", "percent": "100"}]
+    # a shadow compares with the default route's model; no other variant has a reference
+    assert {r["variant"]: r["reference"] for r in got["instances"]} == {
+        "v1": "",
+        "v2": "",
+        "canary": "",
+        "shadow": "@stable",
+    }
+    pinned = with_variants([{**ISSUE_EXAMPLE[0], "model": "4"}, *ISSUE_EXAMPLE[1:]])
+    assert [r["reference"] for r in pinned["instances"] if r["variant"] == "shadow"] == ["4"]
     # the gateway's upstream group per variant: its replicas, its surge twin as the backup
     assert got["upstreams"] == [
         {

@@ -11,7 +11,8 @@ topology) and how the gateway routes to them.
   with one replica that is not the default route also has a ``surge`` twin (the gateway's
   backup for its route while it is replaced);
 * ``instances``: every API container (the default route's first), each with its variant's
-  name, debug flag and model;
+  name, debug flag and model, and ``reference``: for a shadow, the default route's model (the
+  shadow compares each prediction with it), else "";
 * ``routes``: the gateway's routing plan (see :func:`routing_plan`);
 * ``upstreams``: per variant, the endpoints of its replicas (``servers``) and of its surge twin
   (``backup``), the gateway's upstream group;
@@ -454,9 +455,16 @@ def mlgate_api_topology(settings: dict) -> dict:
     return {
         "variants": variants,
         # every API container, the default route's first, then the others in list order, with
-        # what the api role needs to run it: its variant's name, debug flag and model
+        # what the api role needs to run it: its variant's name, debug flag, model and
+        # reference model (a shadow's: the default route's model, which it compares with)
         "instances": [
-            {**r, "variant": v["name"], "debug": v["debug"], "model": v["model"]}
+            {
+                **r,
+                "variant": v["name"],
+                "debug": v["debug"],
+                "model": v["model"],
+                "reference": default["model"] if v["route"]["kind"] == "shadow" else "",
+            }
             for v in sorted(variants, key=lambda v: v["slot"] != 0)
             for r in v["instances"]
         ],
