@@ -6,13 +6,16 @@
 2. direct: one mlgate API replica, no nginx (plain HTTP to its address on the stack network);
 3. gateway: the full mlgate gateway (HTTPS, basic auth, 3 v1 replicas), stack ``mlgate-bench``,
    through its published port on 127.0.0.1 (so through Docker's userland proxy);
-4. gateway-internal: the same gateway at its container address, the path (2) takes.
+4. gateway-internal: the same gateway at its container address, the path (2) takes;
+5. gateway-shadow: the full gateway again, redeployed with a shadow variant that gets a copy
+   of every default-route request (``{shadow: 100}``, comparing each with its reference model),
+   through the published port like (3): what a 100 % shadow costs the clients.
 
 The benchmark client's address is on the stacks' documented rate-limit exemption list
 (bench/stack*.yml). Each configuration runs with wrk at 16 and 64 connections, 3 times
 (<= 30 s each); the report gives req/s min/median/max, median p50/p99, the CPU seconds used by
 nginx, the API containers, docker-proxy and the engine, memory per container, and the ratios
-(3)/(1), (3)/(2) and (4)/(2).
+(3)/(1), (3)/(2), (4)/(2) and (5)/(3).
 Writes bench/results/gateway.json and bench/results/gateway.md.
 """
 
@@ -163,6 +166,21 @@ def engine_pids() -> list[int]:
     return pids
 
 
+def shadow_variants(stack: dict) -> list[dict]:
+    """Today's pair and a shadow of the same model that gets a copy of every default-route
+    request (it compares each with the default route's model, its reference)."""
+    return [
+        {"name": "v1", "replicas": int(stack.get("mlgate_api_v1_replicas", 3)), "route": "default"},
+        {
+            "name": "v2",
+            "replicas": 1,
+            "debug": True,
+            "route": {"header": "X-Experiment-Group", "value": "debug"},
+        },
+        {"name": "shadow", "route": {"shadow": 100}},
+    ]
+
+
 def stack_containers(engine, stack: str) -> list:
     return sorted(
         engine.containers.list(filters={"label": f"io.mlgate.stack={stack}"}), key=lambda c: c.name
@@ -193,6 +211,7 @@ def markdown(report: dict[str, Any]) -> str:
         ("gateway/reference", ">= 5"),
         ("gateway/direct", ">= 0.6"),
         ("gateway-internal/direct", ">= 0.6"),
+        ("gateway-shadow/gateway", "(cost of a 100 % shadow)"),
     ):
         lines.append(f"| {key} | {report['ratios'].get(key, 'not measured')} | {target} |")
     for cfg in report["configurations"]:
@@ -217,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         help="extra variable for the mlgate stack (tuning runs), e.g. --set api_workers=1",
     )  # fmt: skip
     p.add_argument(
-        "--only", default="reference,direct,gateway,gateway-internal",
-        help="comma-separated configurations to measure (default: all three)",
+        "--only", default="reference,direct,gateway,gateway-internal,gateway-shadow",
+        help="comma-separated configurations to measure (default: all five)",
     )  # fmt: skip
     args = p.parse_args(argv)
     only = set(args.only.split(","))
@@ -285,6 +304,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name}: {url}", flush=True)
             results.append(measure(name, url, token, groups, args))
         memory = memory_mib(main_containers)
+        if "gateway-shadow" in only:
+            # last: the same stack with a shadow of every default-route request
+            shadowed = {"mlgate_variants": shadow_variants(bench)}
+            playbook(STACK, *tuning, "-e", json.dumps(shadowed), "--tags", "api,nginx")
+            shadow = [c for c in stack_containers(engine, bench["mlgate_stack_name"])
+                      if "-api-shadow-" in c.name]  # fmt: skip
+            url = f"https://127.0.0.1:{bench['mlgate_https_port']}/predict"
+            print(f"== gateway-shadow: {url}", flush=True)
+            results.append(measure(
+                "gateway-shadow", url, auth(bench),
+                {"nginx": (nginx_main, []), "api": (v1 + shadow, []),
+                 "docker-proxy": ([], proxy_pids(bench["mlgate_https_port"])),
+                 "engine": ([], engine_pids())}, args,
+            ))  # fmt: skip
     finally:
         if ref_proc is not None:
             stop(ref_proc)
@@ -310,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("gateway", "reference"),
                 ("gateway", "direct"),
                 ("gateway-internal", "direct"),
+                ("gateway-shadow", "gateway"),
             )
             if top in med and base in med
         },
