@@ -1,9 +1,11 @@
 """Variants as data through the gateway: weighted, sticky, header and shadow routes.
 
-The stack gets four variants beside today's pair by a re-run of the playbook with
-``mlgate_variants`` (under load: no request may fail), and loses them again at the end the same
-way. Each answer names the container that gave it (``X-Mlgate-Replica``), so every count below
-is read from the answers themselves, not from the gateway's own labels.
+First ``make retrain`` (the user's command) registers version N+1 of the model as
+``@candidate`` in the stack's registry. Then the stack gets four variants beside today's pair by
+a re-run of the playbook with ``mlgate_variants`` (under load: no request may fail), the canary
+and the shadow on ``@candidate``, and loses them again at the end the same way. Each answer
+names the container that gave it (``X-Mlgate-Replica``), so every count below is read from the
+answers themselves, not from the gateway's own labels.
 
 - per request, the shares of the weights 10 / 50 / 20 (sticky) and of the default route (20)
   each lie in their binomial 99.9 % interval over N requests, every one from a new client;
@@ -11,6 +13,8 @@ is read from the answers themselves, not from the gateway's own labels.
   in the sticky variant's share gets only that variant over 50 requests, a client outside it
   never gets it, and different clients spread over both;
 - the debug header beats every weight: exactly the debug variant;
+- the canary serves version N+1's artifact (``X-Model-Version``, the sha256 of the file in the
+  container equals the registry's), the default route version N;
 - the shadow gets a copy of exactly the requests the default route answered (joined by request
   id in the audit log), and no other; the client's answer is always the default route's; with
   the shadow paused (slow) or killed, no client request fails.
@@ -22,10 +26,12 @@ files it runs; the default scenario's e2e suite leaves it out.
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import math
 import ssl
 import statistics
+import subprocess
 import threading
 import time
 import uuid
@@ -35,7 +41,16 @@ import docker
 import httpx
 import pytest
 
-from .conftest import Stack, assert_both_cohorts_served, run_playbook, stack_settings, steady_load
+from model.registry import Registry
+
+from .conftest import (
+    ROOT,
+    Stack,
+    assert_both_cohorts_served,
+    run_playbook,
+    stack_settings,
+    steady_load,
+)
 
 N = 2000  # per-request split: 99.9 % intervals of +-2.2 % (10 %) to +-3.7 % (50 %)
 Z999 = 3.2905  # two-sided 99.9 % quantile of the normal distribution
@@ -53,10 +68,10 @@ def variants(v1_replicas: int) -> list[dict]:
             "debug": True,
             "route": {"header": "X-Experiment-Group", "value": "debug"},
         },
-        {"name": "canary", "route": {"weight": WEIGHTS["canary"]}},
+        {"name": "canary", "model": "@candidate", "route": {"weight": WEIGHTS["canary"]}},
         {"name": "half", "route": {"weight": WEIGHTS["half"]}},
         {"name": "sticky", "route": {"weight": WEIGHTS["sticky"], "sticky": True}},
-        {"name": "shadow", "route": {"shadow": 100}},
+        {"name": "shadow", "model": "@candidate", "route": {"shadow": 100}},
     ]
 
 
@@ -84,8 +99,29 @@ def deploy(stack: Stack, extra: dict) -> None:
     assert_both_cohorts_served(load, at_least=5)
 
 
+def registry(stack: Stack) -> Registry:
+    return Registry(store=ROOT / ".mlgate" / stack.name / "mlflow")
+
+
 @pytest.fixture(scope="module")
-def routed(stack: Stack, pacer) -> Iterator[dict]:
+def candidate(stack: Stack) -> dict:
+    """`make retrain` into the stack's own registry (other training parameters, as a user
+    tries them): version N+1, @candidate; @stable stays N."""
+    stable = registry(stack).resolve("@stable")
+    done = subprocess.run(
+        ["make", "--no-print-directory", "retrain", f"REGISTRY=.mlgate/{stack.name}/mlflow",
+         "TRAIN_ARGS=--param logreg.C=0.5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    new = registry(stack).resolve("@candidate")
+    assert new.number > stable.number and new.sha256 != stable.sha256, (new, stable)
+    assert registry(stack).resolve("@stable").number == stable.number
+    return {"stable": stable, "candidate": new}
+
+
+@pytest.fixture(scope="module")
+def routed(stack: Stack, pacer, candidate) -> Iterator[dict]:
     settings = stack_settings()
     host = settings["mlgate_network_subnet"].rsplit(".", 1)[0] + ".1"
     # the test's clients reach nginx from the network's gateway address (Docker's proxy on
@@ -202,6 +238,22 @@ def test_the_debug_header_beats_every_weight(routed, stack: Stack) -> None:
     assert "v2" not in {variant_of(r.headers["x-mlgate-replica"], stack.name) for _, r in answers}
 
 
+def test_the_canary_serves_the_candidates_artifact(routed, candidate, stack: Stack) -> None:
+    answers = send(stack, [{"X-Client-Id": uuid.uuid4().hex} for _ in range(200)])
+    versions: dict[str, set[str]] = collections.defaultdict(set)
+    for _, r in answers:
+        versions[variant_of(r.headers["x-mlgate-replica"], stack.name)].add(
+            r.headers["x-model-version"]
+        )
+    new, old = str(candidate["candidate"].number), str(candidate["stable"].number)
+    assert versions["canary"] == {new} and versions["v1"] == {old}, dict(versions)
+    canary = docker.from_env().containers.get(f"{stack.name}-api-canary-1")
+    res = canary.exec_run(["cat", "/opt/mlgate/app/model/artifacts/model.joblib"])
+    assert res.exit_code == 0
+    assert hashlib.sha256(res.output).hexdigest() == candidate["candidate"].sha256
+    assert canary.labels["io.mlgate.model-version"] == new
+
+
 def _wait_for_copies(stack: Stack, ids: set[str], seconds: float = 30) -> set[str]:
     """Request ids of `ids` the shadow recorded, once it has all of them or after `seconds`
     (the copies are answered after the clients' answers, and the log is flushed per line)."""
@@ -261,11 +313,15 @@ def test_the_shadow_gets_a_copy_of_exactly_the_default_routes_requests(
     # each copy was compared with the default route's model on the same input: the reference
     # label the shadow recorded is the label the client got from v1, request by request, and
     # the agreement counters grew by exactly the number of copies
+    # (the shadow runs @candidate, N+1; its reference is the default route's @stable, N)
     records = {r["request_id"]: r for r in audit_records(stack, "shadow")}
-    v1_version = {r["model_version"] for r in audit_records(stack, "v1")}
+    stable = str(registry(stack).resolve("@stable").number)
+    new = str(registry(stack).resolve("@candidate").number)
     for rid in by_variant["v1"]:
         assert records[rid]["reference_label"] == label_of[rid], records[rid]
-        assert records[rid]["reference_version"] in v1_version, records[rid]
+        assert (records[rid]["model_version"], records[rid]["reference_version"]) == (new, stable)
+    disagree = sum(records[rid]["label"] != label_of[rid] for rid in by_variant["v1"])
+    print(f"shadow {new} vs {stable}: {disagree} of {len(by_variant['v1'])} copies disagree")
     assert agreement_total(stack) - compared_before == len(by_variant["v1"])
 
 
