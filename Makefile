@@ -40,13 +40,13 @@ $(STAMP): $(REQS)
 	touch $@
 
 model: $(STAMP) ## train the model unless model/artifacts is up to date; register it (a new version becomes @stable)
-	$(PY) -m model.train --if-stale --alias-new stable
+	$(PY) -m model.train --if-stale --alias-new stable --registry-store $(REGISTRY)
 
 retrain: $(STAMP) ## train a new model version (TRAIN_ARGS="--param logreg.C=2.0"), register it as @candidate; deploys nothing
-	$(PY) -m model.train --out $(REGISTRY)/retrain --revision retrain-$$(date +%s) --alias candidate $(TRAIN_ARGS)
+	$(PY) -m model.train --out $(REGISTRY)/retrain --revision retrain-$$(date +%s) --alias candidate --registry-store $(REGISTRY) $(TRAIN_ARGS)
 
 models: $(STAMP) ## the registered model versions, their aliases and held-out metrics
-	$(PY) -m model.registry list
+	$(PY) -m model.registry --store $(REGISTRY) list
 
 mlflow-ui: $(STAMP) ## MLflow's UI for the embedded registry on 127.0.0.1:$(MLFLOW_PORT) (installs mlflow into .venv/mlflow-ui once)
 	@test -x $(VENV)/mlflow-ui/bin/mlflow || { python3 -m venv $(VENV)/mlflow-ui && \
