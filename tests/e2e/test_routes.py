@@ -17,7 +17,9 @@ answers themselves, not from the gateway's own labels.
   container equals the registry's), the default route version N;
 - the shadow gets a copy of exactly the requests the default route answered (joined by request
   id in the audit log), and no other; the client's answer is always the default route's; with
-  the shadow paused (slow) or killed, no client request fails.
+  the shadow paused (slow) or killed, no client request fails;
+- a change of weights only is a gateway reload: no container restarted or replaced, no request
+  failed, and the requests split by the new weights.
 
 Run by the nginx scenario's verify (``MLGATE_E2E_REUSE=1``, its stack) after the other e2e
 files it runs; the default scenario's e2e suite leaves it out.
@@ -190,18 +192,24 @@ def audit_records(stack: Stack, variant: str) -> list[dict]:
     return [r for r in records if r.get("variant") == variant]
 
 
-def test_per_request_weights_lie_in_their_binomial_interval(routed, stack: Stack) -> None:
+def assert_split(stack: Stack, weights: dict[str, int]) -> None:
+    """N requests, each from a new client: each variant's share, and the default route's (v1,
+    the rest), lies in its binomial 99.9 % interval."""
     answers = send(stack, [{"X-Client-Id": uuid.uuid4().hex} for _ in range(N)])
     got = collections.Counter(
         variant_of(r.headers["x-mlgate-replica"], stack.name) for _, r in answers
     )
-    shares = {**WEIGHTS, "v1": 100 - sum(WEIGHTS.values())}
+    shares = {**weights, "v1": 100 - sum(weights.values())}
     print(f"{N} requests, each from a new client: {dict(got)} (weights {shares})")
     assert set(got) == set(shares), got
     for name, percent in shares.items():
         p = percent / 100
         half_width = Z999 * math.sqrt(N * p * (1 - p))
         assert abs(got[name] - N * p) <= half_width, (name, got[name], N * p, half_width)
+
+
+def test_per_request_weights_lie_in_their_binomial_interval(routed, stack: Stack) -> None:
+    assert_split(stack, WEIGHTS)
 
 
 def test_a_sticky_client_keeps_its_variant_and_clients_spread(routed, stack: Stack) -> None:
@@ -356,3 +364,29 @@ def test_a_slow_or_dead_shadow_fails_no_client_request(routed, stack: Stack, tro
         f"p99 {q[98] * 1000:.0f} ms"
     )
     assert statuses == {200: 30}, statuses
+
+
+def test_a_route_change_is_a_reload_that_restarts_nothing(routed, stack: Stack, pacer) -> None:
+    """Only weights change (canary 10 -> 30, half 50 -> 30): a re-run of the playbook under load
+    reloads the gateway and fails no request; no container (gateway or API) is restarted or
+    replaced; the requests then split by the new weights. Last in this file: the fixture's
+    teardown removes the variants from whatever routes they have."""
+    new = {**WEIGHTS, "canary": 30, "half": 30}
+    engine = docker.from_env()
+
+    def containers() -> dict[str, tuple[str, str]]:
+        found = engine.containers.list(filters={"label": f"io.mlgate.stack={stack.name}"})
+        return {c.name: (c.id, c.attrs["State"]["StartedAt"]) for c in found}
+
+    before = containers()
+    assert {f"{stack.name}-api-canary-1", f"{stack.name}-api-half-1"} <= set(before), before
+    reweighted = [
+        {**v, "route": {**v["route"], "weight": new[v["name"]]}} if v["name"] in new else v
+        for v in routed["mlgate_variants"]
+    ]
+    pacer.refill()
+    deploy(stack, {**routed, "mlgate_variants": reweighted})
+    after = containers()
+    assert after == before, {n: (before.get(n), after.get(n)) for n in before.keys() | after.keys()
+                             if before.get(n) != after.get(n)}  # fmt: skip
+    assert_split(stack, new)
