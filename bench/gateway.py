@@ -275,11 +275,14 @@ def main(argv: list[str] | None = None) -> int:
         main_containers = stack_containers(engine, bench["mlgate_stack_name"])
         ref_containers = stack_containers(engine, ref["mlgate_stack_name"])
         replica = next(c for c in main_containers if c.name.endswith("-api-v1-1"))
-        address = replica.attrs["NetworkSettings"]["Networks"][f"{bench['mlgate_stack_name']}-net"]
+        # the replicas live on the stack's internal API network (older stacks: the stack network)
+        networks = replica.attrs["NetworkSettings"]["Networks"]
+        name = bench["mlgate_stack_name"]
+        address = networks.get(f"{name}-api-net") or networks[f"{name}-net"]
         direct_url = f"http://{address['IPAddress']}:8000/predict"
-        nginx_address = next(c for c in main_containers if c.name.endswith("-nginx")).attrs[
-            "NetworkSettings"
-        ]["Networks"][f"{bench['mlgate_stack_name']}-net"]["IPAddress"]
+        # nginx runs in its network holder's namespace, which alone holds the addresses
+        holder = engine.containers.get(f"{name}-nginx-netns")
+        nginx_address = holder.attrs["NetworkSettings"]["Networks"][f"{name}-net"]["IPAddress"]
         nginx_ref = [c for c in ref_containers if c.name.endswith("-nginx")]
         nginx_main = [c for c in main_containers if c.name.endswith("-nginx")]
         v1 = [c for c in main_containers if "-api-v1-" in c.name]
