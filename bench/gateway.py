@@ -275,10 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         main_containers = stack_containers(engine, bench["mlgate_stack_name"])
         ref_containers = stack_containers(engine, ref["mlgate_stack_name"])
         replica = next(c for c in main_containers if c.name.endswith("-api-v1-1"))
-        # the replicas live on the stack's internal API network (older stacks: the stack network)
-        networks = replica.attrs["NetworkSettings"]["Networks"]
+        # the replicas live on the stack's internal API network
         name = bench["mlgate_stack_name"]
-        address = networks.get(f"{name}-api-net") or networks[f"{name}-net"]
+        address = replica.attrs["NetworkSettings"]["Networks"][f"{name}-api-net"]
         direct_url = f"http://{address['IPAddress']}:8000/predict"
         # nginx runs in its network holder's namespace, which alone holds the addresses
         holder = engine.containers.get(f"{name}-nginx-netns")
