@@ -207,3 +207,53 @@ def test_against_docker_builds_once_per_content_and_prunes_old_tags(tmp_path: Pa
         subprocess.run(
             ["docker", "image", "rm", "--force", *refs], capture_output=True, check=False
         )
+
+
+@pytest.mark.skipif(not _docker(), reason="no Docker engine answers here")
+def test_against_docker_a_batch_builds_the_missing_images_side_by_side(tmp_path: Path) -> None:
+    prefix = f"mlgate-unit-batch-{uuid.uuid4().hex[:8]}"
+    contexts = {}
+    for part in ("a", "b", "broken"):
+        ctx = tmp_path / part
+        ctx.mkdir()
+        step = "RUN /no-such-program" if part == "broken" else f"COPY {part} /{part}"
+        (ctx / "Dockerfile").write_text(f"FROM scratch\n{step}\n")
+        (ctx / part).write_text(part)
+        contexts[f"{prefix}-{part}"] = str(ctx)
+    good = [{"name": n, "context": c} for n, c in contexts.items() if not n.endswith("broken")]
+    refs: list[str] = []
+    try:
+        first = run_module(tmp_path, images=good, labels={"io.mlgate.test": "batch"})
+        assert first["changed"] is True and [i["built"] for i in first["images"]] == [True, True]
+        refs += first["refs"].values()
+        for image in first["images"]:
+            assert image["tag"] == shell_tag(Path(image["context"]), "none")
+            assert (
+                subprocess.run(
+                    ["docker", "image", "inspect", "--format", "{{.Config.Labels}}", image["ref"]],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.strip()
+                == "map[io.mlgate.test:batch]"
+            )
+        again = run_module(tmp_path, images=good)
+        assert again["changed"] is False and again["refs"] == first["refs"], again
+        # one new image next to a broken one: the good one is built, the play hears which failed
+        (Path(contexts[f"{prefix}-a"]) / "a").write_text("a2")
+        mixed = run_module(
+            tmp_path,
+            images=[*good, {"name": f"{prefix}-broken", "context": contexts[f"{prefix}-broken"]}],
+        )
+        built = {i["name"]: i for i in mixed["images"]}
+        refs += [i["ref"] for i in mixed["images"]]
+        assert mixed.get("failed") is True and mixed["msg"].startswith(
+            f"building {prefix}-broken:"
+        ), mixed
+        assert built[f"{prefix}-a"]["built"] is True and built[f"{prefix}-b"]["built"] is False
+        assert built[f"{prefix}-broken"]["present"] is False
+        assert run_module(tmp_path, images=good)["changed"] is False
+    finally:
+        subprocess.run(
+            ["docker", "image", "rm", "--force", *refs], capture_output=True, check=False
+        )

@@ -18,6 +18,8 @@ import hashlib
 import json
 import os
 import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -30,7 +32,13 @@ description:
   - C(state=pruned) removes the tags of O(name) beyond the newest O(keep) (by creation time), except
     O(current) and every image a container of the host uses (running or not).
 options:
-  name: {type: str, required: true, description: Repository name of the image.}
+  name: {type: str, description: Repository name of the image (or O(images)).}
+  images:
+    type: list
+    elements: dict
+    description: Several images at once (state=present), each {name, context, labels (default
+      O(labels)), base (default O(base))}; the missing ones are built side by side, at most O(parallel) at a time.
+  parallel: {type: int, default: 4, description: Builds at once with O(images).}
   state: {type: str, default: present, choices: [present, pruned], description: Build or prune.}
   context: {type: path, description: Build context directory with its Dockerfile (state=present).}
   base: {type: str, default: "", description: The image the Dockerfile builds FROM; "" = none.}
@@ -42,7 +50,9 @@ options:
 """
 
 RETURN = r"""
-ref: {description: name:tag of the image (state=present)., type: str}
+ref: {description: name:tag of the image (state=present, O(name))., type: str}
+refs: {description: name -> name:tag of every image (state=present)., type: dict}
+images: {description: Per image - name, ref, tag, built, present (state=present)., type: list}
 tag: {description: The content hash tag (state=present)., type: str}
 built: {description: Whether the image was built by this task (state=present)., type: bool}
 present: {description: Whether the host has RV(ref) now (state=present)., type: bool}
@@ -142,43 +152,88 @@ class Docker:
         return json.loads(self.run("image", "inspect", *refs)[1])
 
 
+def _build(docker_bin: str, plan: dict) -> tuple[int, str]:
+    """docker build of one plan (a thread each: subprocess, not run_command, which edits
+    os.environ around each call)."""
+    argv = [docker_bin, "build", "--pull=false", "--rm", "--tag", plan["ref"]]
+    for key, value in sorted(plan["labels"].items()):
+        argv += ["--label", f"{key}={value}"]
+    done = subprocess.run([*argv, plan["context"]], capture_output=True, text=True, check=False)
+    return done.returncode, (done.stdout + done.stderr).strip()
+
+
 def present(module: AnsibleModule, docker: Docker) -> dict:
     params = module.params
-    name, context = params["name"], params["context"]
-    if not name or not context:
-        module.fail_json(
-            msg="The image role needs image_name and image_context_dir "
-            f"(got '{name}', '{context}').",
-            retry=False,
-        )
-    if not os.path.isfile(os.path.join(context, "Dockerfile")):
-        module.fail_json(msg=f"{name}: the build context {context} has no Dockerfile.", retry=False)
-    base_id = "none"
-    if params["base"]:
-        base_id = docker.image_id(params["base"])
-        if base_id is None:
+    single = not params["images"]
+    specs = (
+        [{k: params[k] for k in ("name", "context", "base", "labels")}]
+        if single
+        else [{"base": params["base"], "labels": params["labels"], **spec} for spec in params["images"]]
+    )
+    base_ids: dict[str, str] = {}
+    plans = []
+    for spec in specs:
+        name, context, base = spec.get("name"), spec.get("context"), spec.get("base") or ""
+        if not name or not context:
             module.fail_json(
-                msg=f"{name} builds FROM {params['base']}, which is not on this host "
-                "(the docker_host role provides it).",
+                msg="The image role needs image_name and image_context_dir "
+                f"(got '{name}', '{context}').",
                 retry=False,
             )
-    tag = context_hash(context, base_id, params["tag_length"])
-    ref = f"{name}:{tag}"
-    result = {"ref": ref, "tag": tag, "built": False, "present": True, "changed": False}
-    if docker.image_id(ref) is not None:
-        return result
-    if not params["build"]:
-        result.update(present=False)
-        return result
-    result.update(built=True, changed=True)
-    if module.check_mode:
-        return result
-    argv = ["build", "--pull=false", "--rm", "--tag", ref]
-    for key, value in sorted(params["labels"].items()):
-        argv += ["--label", f"{key}={value}"]
-    rc, out, err = docker.run(*argv, context, check=False)
-    if rc != 0:
-        module.fail_json(msg=f"building {ref} failed: {(out + err).strip()[-3000:]}", ref=ref)
+        if not os.path.isfile(os.path.join(context, "Dockerfile")):
+            module.fail_json(
+                msg=f"{name}: the build context {context} has no Dockerfile.", retry=False
+            )
+        if base and base not in base_ids:
+            base_ids[base] = docker.image_id(base)
+            if base_ids[base] is None:
+                module.fail_json(
+                    msg=f"{name} builds FROM {base}, which is not on this host "
+                    "(the docker_host role provides it).",
+                    retry=False,
+                )
+        tag = context_hash(context, base_ids[base] if base else "none", params["tag_length"])
+        ref = f"{name}:{tag}"
+        plans.append(
+            {
+                "name": name,
+                "context": context,
+                "labels": dict(spec.get("labels") or {}),
+                "ref": ref,
+                "tag": tag,
+                "built": False,
+                "present": docker.image_id(ref) is not None,
+            }
+        )
+    missing = [plan for plan in plans if not plan["present"]] if params["build"] else []
+    if missing and not module.check_mode:
+        # Independent builds at once: most of each is waiting on Debian's mirror (apt inside).
+        workers = max(1, min(len(missing), params["parallel"]))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            outcomes = list(pool.map(lambda plan: _build(docker.bin, plan), missing))
+        failed = []
+        for plan, (rc, out) in zip(missing, outcomes):  # noqa: B905 (a host's Python may be < 3.10)
+            plan.update(built=rc == 0, present=rc == 0)
+            if rc != 0:
+                failed.append((plan, out))
+        if failed:
+            module.fail_json(
+                msg="; ".join(
+                    f"building {plan['ref']} failed: {out[-3000:]}" for plan, out in failed
+                ),
+                ref=failed[0][0]["ref"],
+                images=plans,
+            )
+    elif missing:  # check mode: what would be
+        for plan in missing:
+            plan.update(built=True, present=True)
+    result = {
+        "images": plans,
+        "refs": {plan["name"]: plan["ref"] for plan in plans},
+        "changed": bool(missing),
+    }
+    if single:
+        result.update({k: plans[0][k] for k in ("ref", "tag", "built", "present")})
     return result
 
 
@@ -204,7 +259,9 @@ def pruned(module: AnsibleModule, docker: Docker) -> dict:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "name": {"type": "str", "required": True},
+            "name": {"type": "str"},
+            "images": {"type": "list", "elements": "dict", "default": []},
+            "parallel": {"type": "int", "default": 4},
             "state": {"type": "str", "default": "present", "choices": ["present", "pruned"]},
             "context": {"type": "path"},
             "base": {"type": "str", "default": ""},
@@ -215,6 +272,8 @@ def main() -> None:
             "current": {"type": "str", "default": ""},
         },
         supports_check_mode=True,
+        required_one_of=[("name", "images")],
+        mutually_exclusive=[("name", "images")],
     )
     docker = Docker(module)
     handler = present if module.params["state"] == "present" else pruned
