@@ -37,14 +37,14 @@ options:
     type: list
     elements: dict
     description: Several images at once (state=present), each {name, context, labels (default
-      O(labels)), base (default O(base))}; the missing ones are built side by side, at most O(parallel) at a time.
+      O(labels)), base (default O(base))}; the missing ones are built side by side, at most
+      O(parallel) at a time.
   parallel: {type: int, default: 4, description: Builds at once with O(images).}
   state: {type: str, default: present, choices: [present, pruned], description: Build or prune.}
   context: {type: path, description: Build context directory with its Dockerfile (state=present).}
   base: {type: str, default: "", description: The image the Dockerfile builds FROM; "" = none.}
   labels: {type: dict, default: {}, description: Labels put on a new image.}
   tag_length: {type: int, default: 12, description: Hex digits of the hash used as tag.}
-  build: {type: bool, default: true, description: False only computes RV(ref) and RV(present).}
   keep: {type: int, default: 3, description: Tags kept by state=pruned, the newest first.}
   current: {type: str, default: "", description: A tag (name:tag) state=pruned never removes.}
 """
@@ -55,7 +55,7 @@ refs: {description: name -> name:tag of every image (state=present)., type: dict
 images: {description: Per image - name, ref, tag, built, present (state=present)., type: list}
 tag: {description: The content hash tag (state=present)., type: str}
 built: {description: Whether the image was built by this task (state=present)., type: bool}
-present: {description: Whether the host has RV(ref) now (state=present)., type: bool}
+present: {description: Whether the host has RV(ref) after the task (state=present)., type: bool}
 removed: {description: The tags removed (state=pruned)., type: list}
 retry: {description: On failure, false when a retry cannot help (a build may)., type: bool}
 """
@@ -168,7 +168,10 @@ def present(module: AnsibleModule, docker: Docker) -> dict:
     specs = (
         [{k: params[k] for k in ("name", "context", "base", "labels")}]
         if single
-        else [{"base": params["base"], "labels": params["labels"], **spec} for spec in params["images"]]
+        else [
+            {"base": params["base"], "labels": params["labels"], **spec}
+            for spec in params["images"]
+        ]
     )
     base_ids: dict[str, str] = {}
     plans = []
@@ -205,7 +208,7 @@ def present(module: AnsibleModule, docker: Docker) -> dict:
                 "present": docker.image_id(ref) is not None,
             }
         )
-    missing = [plan for plan in plans if not plan["present"]] if params["build"] else []
+    missing = [plan for plan in plans if not plan["present"]]
     if missing and not module.check_mode:
         # Independent builds at once: most of each is waiting on Debian's mirror (apt inside).
         workers = max(1, min(len(missing), params["parallel"]))
@@ -267,7 +270,6 @@ def main() -> None:
             "base": {"type": "str", "default": ""},
             "labels": {"type": "dict", "default": {}},
             "tag_length": {"type": "int", "default": 12},
-            "build": {"type": "bool", "default": True},
             "keep": {"type": "int", "default": 3},
             "current": {"type": "str", "default": ""},
         },
