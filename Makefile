@@ -48,16 +48,21 @@ retrain: $(STAMP) ## train a new model version (TRAIN_ARGS="--param logreg.C=2.0
 models: $(STAMP) ## the registered model versions, their aliases and held-out metrics
 	$(PY) -m model.registry --store $(REGISTRY) list
 
-mlflow-ui: $(STAMP) ## MLflow's UI for the embedded registry on 127.0.0.1:$(MLFLOW_PORT) (installs mlflow into .venv/mlflow-ui once)
-	@test -x $(VENV)/mlflow-ui/bin/mlflow || { python3 -m venv $(VENV)/mlflow-ui && \
-	  $(VENV)/mlflow-ui/bin/pip install --disable-pip-version-check -q -r requirements/mlflow-ui.txt; }
+# The full mlflow (its server and UI), in a virtualenv of its own: `make mlflow-ui` serves it, the
+# unit tests run it as a tracking server (tests/unit/test_registry_server.py).
+$(VENV)/mlflow-ui/bin/mlflow: requirements/mlflow-ui.txt
+	python3 -m venv $(VENV)/mlflow-ui
+	$(VENV)/mlflow-ui/bin/pip install --disable-pip-version-check -q -r requirements/mlflow-ui.txt
+	touch $@
+
+mlflow-ui: $(STAMP) $(VENV)/mlflow-ui/bin/mlflow ## MLflow's UI for the embedded registry on 127.0.0.1:$(MLFLOW_PORT) (installs mlflow into .venv/mlflow-ui once)
 	@mkdir -p $(REGISTRY)
 	MLFLOW_DISABLE_TELEMETRY=$${MLFLOW_DISABLE_TELEMETRY:-true} \
 	  $(VENV)/mlflow-ui/bin/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
 	  --backend-store-uri sqlite:///$(abspath $(REGISTRY))/mlflow.db \
 	  --default-artifact-root $(abspath $(REGISTRY))/artifacts
 
-unit: $(STAMP) ## Python unit tests (includes the real-dataset fast-path test)
+unit: $(STAMP) $(VENV)/mlflow-ui/bin/mlflow ## Python unit tests (with the real-dataset fast-path test and a real MLflow tracking server)
 	$(PYTEST) tests/unit
 
 lint: $(STAMP) ## ruff, yamllint, ansible-lint (production profile), argument_specs vs defaults
