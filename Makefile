@@ -135,7 +135,7 @@ molecule: venv collections ## molecule test of each scenario (three lanes), with
 # lint and unit (at once, --output-sync: each one's output in one piece) run beside molecule, at a
 # low CPU priority (nice 15: they use what the scenarios leave idle, and do not slow the lane
 # every other scenario waits for), their output in .mlgate/checks.log, printed when molecule is
-# done; red if any of them is red.
+# done; red if any of them is red. A failed scenario's digest (molecule-logs/<name>.why) comes last.
 test: tools venv collections ## everything CI runs: host tools, lint, unit tests, every molecule scenario
 	@mkdir -p .mlgate; \
 	nice -n 15 $(MAKE) --no-print-directory -j2 --output-sync=target lint unit >.mlgate/checks.log 2>&1 & checks=$$!; \
@@ -144,7 +144,7 @@ test: tools venv collections ## everything CI runs: host tools, lint, unit tests
 	wait $$checks; chk=$$?; \
 	echo "==> lint and unit, .mlgate/checks.log <=="; cat .mlgate/checks.log; \
 	[ $$chk = 0 ] || echo "test: lint or unit FAILED (exit $$chk)"; \
-	[ $$mol = 0 ] || echo "test: molecule FAILED (exit $$mol)"; \
+	[ $$mol = 0 ] || { cat .mlgate/molecule-logs/*.why 2>/dev/null; echo "test: molecule FAILED (exit $$mol)"; }; \
 	[ $$chk = 0 ] && [ $$mol = 0 ]
 
 stress: ## `make test` in fresh clones, caches removed, one core busy (stress-ng), RUNS times in a row

@@ -17,8 +17,9 @@
 # `remote` only needs the base image for its hosts (`create`, after `docker_host`), and starts
 # them while `api` runs (its hosts build their own images, in their own engines). Every
 # scenario has its own stack, network and ports (and remote its own hosts), so the lanes never
-# touch each other's containers. The first lane prints as it goes; the other lanes' output goes
-# to .mlgate/molecule-logs/<scenario>.log and is printed when every lane is done.
+# touch each other's containers. The first lane prints as it goes; every scenario's output goes
+# to .mlgate/molecule-logs/<scenario>.log, and the other lanes' is printed when every lane is
+# done; then, for each failed scenario, why (its failed tasks and test failures, <scenario>.why).
 # Scenarios given but named in no lane run at the end of the first lane; a `@dep` that is not
 # part of this run is not waited for. MOLECULE_LANES= runs every scenario in turn, in one lane.
 set -uo pipefail
@@ -31,7 +32,7 @@ molecule=${MOLECULE:-molecule} # the command (tests of this script use a stand-i
 lanes_spec=${MOLECULE_LANES-docker_host api default | certs htpasswd nginx@api,default.converge monitoring | remote@docker_host^api}
 logs=${MOLECULE_LOGS:-.mlgate/molecule-logs} # (tests of this script use their own)
 mkdir -p "$logs"
-rm -f "$logs"/*.rc "$logs"/*.took "$logs"/*.lane-done "$logs"/*.skipped "$logs"/*.converged
+rm -f "$logs"/*.rc "$logs"/*.why "$logs"/*.took "$logs"/*.lane-done "$logs"/*.skipped "$logs"/*.converged
 all=$(date +%s)
 
 # The lanes, keeping only the scenarios of this run; lane_of[scenario] = its lane's index;
@@ -111,13 +112,25 @@ steps() {
   shift 2
   for step in "$@"; do
     if [[ "$lane" == 0 ]]; then
-      "$molecule" "$step" -s "$s" </dev/null
+      "$molecule" "$step" -s "$s" </dev/null 2>&1 | tee -a "$logs/$s.log"
+      rc=${PIPESTATUS[0]}
     else
       "$molecule" "$step" -s "$s" </dev/null >>"$logs/$s.log" 2>&1
+      rc=$?
     fi
-    rc=$?
     [[ "$rc" == 0 ]] || return "$rc"
   done
+}
+
+# Why a scenario failed, from its log ($1), colours removed: each failed task (`fatal:`,
+# `failed:`) and the 30 lines after it, and every line of a pytest failure summary (`FAILED
+# tests/...`, `E   ...`, `AssertionError`, `N failed`), at most 150 lines. A long log's middle is
+# what a CI excerpt leaves out; this is printed last (and `make test` prints it after the checks).
+why() {
+  sed 's/\x1b\[[0-9;]*m//g' "$1" | awk '
+    /fatal: \[|failed: \[/ { left = 30 }
+    /(FAILED|ERROR) tests\/|[ '"'"'"]E {3}|AssertionError|[0-9]+ failed/ { print; next }
+    left > 0 { print; left-- }' | head -n 150
 }
 
 # Run lane $1: its scenarios in turn; stop at the first failure or failed dependency.
@@ -199,5 +212,12 @@ for ((i = 0; i < ${#lanes[@]}; i++)); do
   done
 done
 
+for s in "$@"; do
+  if [[ -f "$logs/$s.rc" && "$(cat "$logs/$s.rc")" != 0 && -f "$logs/$s.log" ]]; then
+    why "$logs/$s.log" >"$logs/$s.why"
+    echo "==> molecule: why $s failed ($logs/$s.why, from $logs/$s.log) <=="
+    cat "$logs/$s.why"
+  fi
+done
 printf 'molecule: durations\n%s  total %s s\n' "$report" "$(($(date +%s) - all))"
 [[ -z "$failed" ]]

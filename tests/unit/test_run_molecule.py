@@ -40,7 +40,14 @@ def fake(tmp_path: Path):
             fi
             echo "end $name $(date +%s.%N) $step" >>"$JOURNAL"
             echo "output of $name $step"
-            [[ " $FAIL " == *" $name "* || " $FAIL " == *" $name:$step "* ]] && exit 1
+            if [[ " $FAIL " == *" $name "* || " $FAIL " == *" $name:$step "* ]]; then
+              for i in $(seq 200); do echo "noise $i of $name"; done
+              printf '\\e[31mfatal: [host]: FAILED! => {"rc": 1}\\e[0m\\n'
+              echo "  - 'E       AssertionError: $name went wrong in $step'"
+              echo "  - 'FAILED tests/x.py::test_$name - AssertionError'"
+              for i in $(seq 200); do echo "more noise $i"; done
+              exit 1
+            fi
             exit 0
             """
         )
@@ -197,3 +204,20 @@ def test_several_dependencies_are_all_awaited(fake) -> None:
     proc, ev = fake("a", "b", "c", lanes="a | b | c@a,b", fail="b")
     assert ("start", "c") not in ev
     assert "c not run: b did not pass" in proc.stdout
+
+
+@pytest.mark.parametrize("lanes", ["a | c", ""])
+def test_why_a_scenario_failed_comes_last_without_the_noise(fake, tmp_path: Path, lanes) -> None:
+    # in the first lane (printed as it goes) and in another (printed at the end) alike
+    proc, _ = fake("a", "c", lanes=lanes, fail="c")
+    assert proc.returncode != 0
+    digest = (tmp_path / "logs" / "c.why").read_text()
+    assert "fatal: [host]: FAILED!" in digest and "\x1b" not in digest
+    assert "E       AssertionError: c went wrong in" in digest
+    assert "FAILED tests/x.py::test_c" in digest
+    assert "noise 150 of c" not in digest and len(digest.splitlines()) <= 150
+    tail = proc.stdout[proc.stdout.rindex("==> molecule: why c failed") :]
+    assert "FAILED tests/x.py::test_c" in tail and "molecule: durations" in tail
+    assert not (tmp_path / "logs" / "a.why").exists()  # a passed
+    # the first lane's output is still printed as it goes, and kept in its log too
+    assert "output of a" in (tmp_path / "logs" / "a.log").read_text()
