@@ -127,7 +127,7 @@ e2e: venv collections ## end-to-end tests: deploy a throwaway stack (mlgate-e2e)
 # dep has converged (scripts/run-molecule.sh). MOLECULE_LANES= runs every
 # scenario in turn, in one lane.
 SCENARIOS ?= docker_host certs htpasswd api nginx monitoring default remote
-MOLECULE_LANES ?= docker_host api default | certs htpasswd nginx@api,default.converge monitoring | remote@docker_host^api
+MOLECULE_LANES ?= docker_host api default | certs htpasswd nginx@api,default.converge monitoring | remote@docker_host^api.converge
 
 molecule: venv collections ## molecule test of each scenario (three lanes), with durations
 	MOLECULE_LANES="$(MOLECULE_LANES)" scripts/run-molecule.sh $(SCENARIOS)

@@ -5,17 +5,19 @@
 # MOLECULE_LANES lists the lanes, separated by `|`; a lane's scenarios run one after the other
 # and the lane stops at its first failure. `name@dep` waits until scenario `dep` has passed
 # (and is not run if `dep` failed or was not reached). `name^dep` runs `name`'s steps up to
-# `create` at once and waits for `dep` only before `converge` (molecule destroy, syntax,
-# create; then converge, idempotence, verify; destroy in any case: `molecule test`'s sequence,
-# split). Both may be given: `name@a^b`; each may list several, `name@a,b`. A dependency
+# `prepare` at once and waits for `dep` only before `converge` (molecule destroy, syntax,
+# create, prepare; then converge, idempotence, verify; destroy in any case: `molecule test`'s
+# sequence, split). Both may be given: `name@a^b`; each may list several, `name@a,b`. A dependency
 # `dep.converge` is met as soon as `dep`'s converge has passed (`dep` then runs split). Default:
-#   docker_host api default | certs htpasswd nginx@api,default.converge monitoring | remote@docker_host^api
+#   docker_host api default | certs htpasswd nginx@api,default.converge monitoring | remote@docker_host^api.converge
 # The waits keep scenarios from building the same things at the same time: `api` builds what
 # every scenario that deploys the API shares (wheelhouse, model; `docker_host` has built the
 # base image by then), and `default`'s converge builds every gateway image, which `nginx` and
 # then `monitoring` find in Docker's build cache instead of building them again beside it.
-# `remote` only needs the base image for its hosts (`create`, after `docker_host`), and starts
-# them while `api` runs (its hosts build their own images, in their own engines). Every
+# `remote` only needs the base image for its hosts (after `docker_host`): it creates them and
+# readies them (`prepare`: the site's first play, Docker engine, network, base image) while
+# `api` runs, and converges once `api`'s converge has built the wheelhouse and the model (its
+# hosts build their own images, in their own engines). Every
 # scenario has its own stack, network and ports (and remote its own hosts), so the lanes never
 # touch each other's containers. The first lane prints as it goes; every scenario's output goes
 # to .mlgate/molecule-logs/<scenario>.log, and the other lanes' is printed when every lane is
@@ -29,7 +31,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 # (ansible.posix.profile_tasks): where a slow run spends its time is in its log.
 export ANSIBLE_CALLBACKS_ENABLED=${ANSIBLE_CALLBACKS_ENABLED-ansible.posix.profile_tasks}
 molecule=${MOLECULE:-molecule} # the command (tests of this script use a stand-in)
-lanes_spec=${MOLECULE_LANES-docker_host api default | certs htpasswd nginx@api,default.converge monitoring | remote@docker_host^api}
+lanes_spec=${MOLECULE_LANES-docker_host api default | certs htpasswd nginx@api,default.converge monitoring | remote@docker_host^api.converge}
 logs=${MOLECULE_LOGS:-.mlgate/molecule-logs} # (tests of this script use their own)
 mkdir -p "$logs"
 rm -f "$logs"/*.rc "$logs"/*.why "$logs"/*.took "$logs"/*.lane-done "$logs"/*.skipped "$logs"/*.converged
@@ -147,11 +149,11 @@ run_lane() {
     start=$(date +%s)
     : >"$logs/$s.log"
     if any_in_run "$late_dep" || [[ -n "${split[$s]+x}" ]]; then
-      steps "$i" "$s" destroy syntax create
+      steps "$i" "$s" destroy syntax create prepare
       rc=$?
       if [[ "$rc" == 0 ]] && ! missed=$(await "$late_dep"); then
-        echo "molecule: $s stopped after create: $missed did not pass"
-        echo "stopped after create: $missed did not pass" >"$logs/$s.skipped"
+        echo "molecule: $s stopped after prepare: $missed did not pass"
+        echo "stopped after prepare: $missed did not pass" >"$logs/$s.skipped"
         steps "$i" "$s" destroy
         break
       fi

@@ -144,34 +144,46 @@ def test_only_the_scenarios_given_run_and_absent_dependencies_are_not_awaited(fa
 
 
 def test_a_late_dependency_holds_back_converge_only(fake) -> None:
-    # c^a: c's hosts are created while a runs (a ends only once c's create has ended: if c
-    # waited for a before create, a would end after 30 s, and the first check would fail);
+    # c^a: c's hosts are created and prepared while a runs (a ends only once c's prepare has
+    # ended: if c waited for a before it, a would end after 30 s, and the first check would fail);
     # c's converge waits until a has passed
-    proc, ev = fake("a", "c", lanes="a | c^a", hold={"a_test": "end c create"}, a=0.2, c=0.2)
+    proc, ev = fake("a", "c", lanes="a | c^a", hold={"a_test": "end c prepare"}, a=0.2, c=0.2)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert ev[("end", "c", "create")] < ev[("end", "a")]
+    assert ev[("end", "c", "prepare")] < ev[("end", "a")]
     assert ev[("start", "c", "converge")] >= ev[("end", "a")]
     assert ev[("steps", "c")] == [
-        "destroy", "syntax", "create", "converge", "idempotence", "verify", "destroy",
+        "destroy", "syntax", "create", "prepare", "converge", "idempotence", "verify", "destroy",
     ]  # fmt: skip
     assert ev[("steps", "a")] == ["test"]
     assert "\n  c " in proc.stdout
 
+
+
+def test_a_late_converge_dependency_waits_for_that_step_only(fake) -> None:
+    # c^a.converge: c is created and prepared at once, converges once a's converge has passed,
+    # while a still verifies (a's verify ends only once c has converged; a's converge only once
+    # c is prepared: if c waited for a before preparing, a would end after 30 s)
+    hold = {"a_verify": "end c converge", "a_converge": "end c prepare"}
+    proc, ev = fake("a", "c", lanes="a | c^a.converge", hold=hold, a=0.5, c=0.2)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ev[("start", "c", "converge")] >= ev[("end", "a", "converge")]
+    assert ev[("end", "c", "converge")] < ev[("end", "a", "verify")]
+    assert ev[("end", "c", "prepare")] < ev[("end", "a", "converge")]
 
 def test_a_failed_late_dependency_destroys_what_was_created(fake) -> None:
     proc, ev = fake("a", "c", lanes="a | c@a^a", fail="a")
     assert ("start", "c") not in ev  # @a: not even created
     proc, ev = fake("a", "c", lanes="a | c^a", fail="a")
     assert proc.returncode != 0
-    assert ev[("steps", "c")] == ["destroy", "syntax", "create", "destroy"]
-    assert "c stopped after create: a did not pass" in proc.stdout
+    assert ev[("steps", "c")] == ["destroy", "syntax", "create", "prepare", "destroy"]
+    assert "c stopped after prepare: a did not pass" in proc.stdout
 
 
 def test_a_failed_step_of_a_split_sequence_still_destroys(fake) -> None:
     proc, ev = fake("a", "c", lanes="a | c^a", fail="c:converge")
     assert proc.returncode != 0
     assert ev[("steps", "c")] == [
-        "destroy", "syntax", "create", "converge", "destroy",
+        "destroy", "syntax", "create", "prepare", "converge", "destroy",
     ]  # fmt: skip
     assert "molecule: c FAILED after" in proc.stdout
 
@@ -183,7 +195,7 @@ def test_a_converge_dependency_waits_for_that_step_only(fake) -> None:
     proc, ev = fake("a", "b", "c", lanes="a b | c@a.converge", hold=hold, a=0.5, c=0.2)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert ev[("steps", "a")] == [
-        "destroy", "syntax", "create", "converge", "idempotence", "verify", "destroy",
+        "destroy", "syntax", "create", "prepare", "converge", "idempotence", "verify", "destroy",
     ]  # fmt: skip
     assert ev[("start", "c")] >= ev[("end", "a", "converge")]
     assert ev[("start", "c")] < ev[("end", "a", "verify")]
