@@ -216,7 +216,7 @@ def test_against_docker_a_batch_builds_the_missing_images_side_by_side(tmp_path:
     for part in ("a", "b", "broken"):
         ctx = tmp_path / part
         ctx.mkdir()
-        step = "RUN /no-such-program" if part == "broken" else f"COPY {part} /{part}"
+        step = f"RUN /{prefix}-absent" if part == "broken" else f"COPY {part} /{part}"
         (ctx / "Dockerfile").write_text(f"FROM scratch\n{step}\n")
         (ctx / part).write_text(part)
         contexts[f"{prefix}-{part}"] = str(ctx)
@@ -252,6 +252,14 @@ def test_against_docker_a_batch_builds_the_missing_images_side_by_side(tmp_path:
         ), mixed
         assert built[f"{prefix}-a"]["built"] is True and built[f"{prefix}-b"]["built"] is False
         assert built[f"{prefix}-broken"]["present"] is False
+        # and the failed step's container is gone too (it could not even start: FROM scratch)
+        commands = subprocess.run(
+            ["docker", "ps", "--all", "--no-trunc", "--format", "{{.Command}}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert f"{prefix}-absent" not in commands
         assert run_module(tmp_path, images=good)["changed"] is False
     finally:
         subprocess.run(

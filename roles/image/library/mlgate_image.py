@@ -155,7 +155,9 @@ class Docker:
 def _build(docker_bin: str, plan: dict) -> tuple[int, str]:
     """docker build of one plan (a thread each: subprocess, not run_command, which edits
     os.environ around each call)."""
-    argv = [docker_bin, "build", "--pull=false", "--rm", "--tag", plan["ref"]]
+    # --force-rm: the builder's step containers go even when a step fails (--rm keeps a failed
+    # one; a step that cannot start at all would leave a "Created" container behind each time)
+    argv = [docker_bin, "build", "--pull=false", "--force-rm", "--tag", plan["ref"]]
     for key, value in sorted(plan["labels"].items()):
         argv += ["--label", f"{key}={value}"]
     done = subprocess.run([*argv, plan["context"]], capture_output=True, text=True, check=False)
