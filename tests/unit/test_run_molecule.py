@@ -158,7 +158,6 @@ def test_a_late_dependency_holds_back_converge_only(fake) -> None:
     assert "\n  c " in proc.stdout
 
 
-
 def test_a_late_converge_dependency_waits_for_that_step_only(fake) -> None:
     # c^a.converge: c is created and prepared at once, converges once a's converge has passed,
     # while a still verifies (a's verify ends only once c has converged; a's converge only once
@@ -169,6 +168,7 @@ def test_a_late_converge_dependency_waits_for_that_step_only(fake) -> None:
     assert ev[("start", "c", "converge")] >= ev[("end", "a", "converge")]
     assert ev[("end", "c", "converge")] < ev[("end", "a", "verify")]
     assert ev[("end", "c", "prepare")] < ev[("end", "a", "converge")]
+
 
 def test_a_failed_late_dependency_destroys_what_was_created(fake) -> None:
     proc, ev = fake("a", "c", lanes="a | c@a^a", fail="a")
