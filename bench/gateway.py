@@ -9,13 +9,17 @@
 4. gateway-internal: the same gateway at its container address, the path (2) takes;
 5. gateway-shadow: the full gateway again, redeployed with a shadow variant that gets a copy
    of every default-route request (``{shadow: 100}``, comparing each with its reference model),
-   through the published port like (3): what a 100 % shadow costs the clients.
+   through the published port like (3): what a 100 % shadow costs the clients;
+6. gateway-shadow-paused: the same with the shadow container paused (a shadow that never
+   answers: each copy waits out ``nginx_shadow_timeout_ms``);
+7. gateway-shadow-killed: the same with the shadow container killed (its address is gone);
+   it is started again afterwards.
 
 The benchmark client's address is on the stacks' documented rate-limit exemption list
 (bench/stack*.yml). Each configuration runs with wrk at 16 and 64 connections, 3 times
 (<= 30 s each); the report gives req/s min/median/max, median p50/p99, the CPU seconds used by
 nginx, the API containers, docker-proxy and the engine, memory per container, and the ratios
-(3)/(1), (3)/(2), (4)/(2) and (5)/(3).
+(3)/(1), (3)/(2), (4)/(2), (5)/(3), (6)/(3) and (7)/(3).
 Writes bench/results/gateway.json and bench/results/gateway.md.
 """
 
@@ -43,6 +47,12 @@ RESULTS = ROOT / "bench" / "results"
 STACK = ROOT / "bench" / "stack.yml"
 REF_STACK = ROOT / "bench" / "stack-reference.yml"
 PLAYBOOK = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "playbooks/site.yml"]
+
+
+CONFIGURATIONS = [
+    "reference", "direct", "gateway", "gateway-internal",
+    "gateway-shadow", "gateway-shadow-paused", "gateway-shadow-killed",
+]  # fmt: skip
 
 
 def playbook(vars_file: Path, *args: str) -> None:
@@ -212,10 +222,12 @@ def markdown(report: dict[str, Any]) -> str:
         ("gateway/direct", ">= 0.6"),
         ("gateway-internal/direct", ">= 0.6"),
         ("gateway-shadow/gateway", "(cost of a 100 % shadow)"),
+        ("gateway-shadow-paused/gateway", "(a shadow that never answers)"),
+        ("gateway-shadow-killed/gateway", "(a dead shadow)"),
     ):
         lines.append(f"| {key} | {report['ratios'].get(key, 'not measured')} | {target} |")
     for cfg in report["configurations"]:
-        if cfg["name"].startswith("gateway"):
+        if cfg["name"] in ("gateway", "gateway-internal"):
             p99 = cfg["by_connections"]["64"]["p99_ms"]
             lines += [f"| {cfg['name']} p99 at 64 connections (ms) | {p99} | < 30 |"]
     lines += ["", f"Stack settings: {', '.join(report['settings']) or 'defaults'}", ""]
@@ -236,11 +248,13 @@ def main(argv: list[str] | None = None) -> int:
         help="extra variable for the mlgate stack (tuning runs), e.g. --set api_workers=1",
     )  # fmt: skip
     p.add_argument(
-        "--only", default="reference,direct,gateway,gateway-internal,gateway-shadow",
-        help="comma-separated configurations to measure (default: all five)",
+        "--only", default=",".join(CONFIGURATIONS),
+        help="comma-separated configurations to measure (default: all seven)",
     )  # fmt: skip
     args = p.parse_args(argv)
     only = set(args.only.split(","))
+    if only - set(CONFIGURATIONS):
+        p.error(f"--only: unknown {sorted(only - set(CONFIGURATIONS))}, known {CONFIGURATIONS}")
     tuning = [arg for pair in args.set for arg in ("-e", pair)]
     args.seconds = max(1, min(args.seconds, 30))
 
@@ -249,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     ref_host, ref_port = ref["nginx_upstreams"][0]["servers"][0].rsplit(":", 1)
     engine = docker.from_env()
     ref_proc = None
+    shadow: list = []
     try:
         if not args.reuse:
             playbook(STACK, *tuning)
@@ -306,21 +321,39 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name}: {url}", flush=True)
             results.append(measure(name, url, token, groups, args))
         memory = memory_mib(main_containers)
-        if "gateway-shadow" in only:
-            # last: the same stack with a shadow of every default-route request
+        shadowing = [c for c in CONFIGURATIONS if c.startswith("gateway-shadow") and c in only]
+        if shadowing:
+            # last: the same stack with a shadow of every default-route request; then with that
+            # shadow paused, then killed (started again at the end)
             shadowed = {"mlgate_variants": shadow_variants(bench)}
             playbook(STACK, *tuning, "-e", json.dumps(shadowed), "--tags", "api,nginx")
             shadow = [c for c in stack_containers(engine, bench["mlgate_stack_name"])
                       if "-api-shadow-" in c.name]  # fmt: skip
             url = f"https://127.0.0.1:{bench['mlgate_https_port']}/predict"
-            print(f"== gateway-shadow: {url}", flush=True)
-            results.append(measure(
-                "gateway-shadow", url, auth(bench),
-                {"nginx": (nginx_main, []), "api": (v1 + shadow, []),
-                 "docker-proxy": ([], proxy_pids(bench["mlgate_https_port"])),
-                 "engine": ([], engine_pids())}, args,
-            ))  # fmt: skip
+            for name in shadowing:
+                trouble = name.removeprefix("gateway-shadow").lstrip("-")
+                for container in shadow:
+                    if trouble == "paused":
+                        container.pause()
+                    elif trouble == "killed":
+                        container.reload()
+                        if container.status == "paused":
+                            container.unpause()
+                        container.kill()
+                print(f"== {name}: {url}", flush=True)
+                results.append(measure(
+                    name, url, auth(bench),
+                    {"nginx": (nginx_main, []), "api": (v1 + (shadow if not trouble else []), []),
+                     "docker-proxy": ([], proxy_pids(bench["mlgate_https_port"])),
+                     "engine": ([], engine_pids())}, args,
+                ))  # fmt: skip
     finally:
+        for container in shadow:  # back to running, whatever the last row did to it
+            container.reload()
+            if container.status == "paused":
+                container.unpause()
+            elif container.status != "running":
+                container.start()
         if ref_proc is not None:
             stop(ref_proc)
         if not args.keep:
@@ -346,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                 ("gateway", "direct"),
                 ("gateway-internal", "direct"),
                 ("gateway-shadow", "gateway"),
+                ("gateway-shadow-paused", "gateway"),
+                ("gateway-shadow-killed", "gateway"),
             )
             if top in med and base in med
         },
