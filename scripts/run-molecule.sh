@@ -126,13 +126,24 @@ steps() {
 
 # Why a scenario failed, from its log ($1), colours removed: each failed task (`fatal:`,
 # `failed:`) and the 30 lines after it, and every line of a pytest failure summary (`FAILED
-# tests/...`, `E   ...`, `AssertionError`, `N failed`), at most 150 lines. A long log's middle is
-# what a CI excerpt leaves out; this is printed last (and `make test` prints it after the checks).
+# tests/...`, also where molecule wrapped the test id onto the next lines; `E   ...`, the
+# exception lines of any type; `file.py:N: SomeError`; `N failed`). At most 150 lines: the first
+# 50 and the last 100. A long log's middle is what a CI excerpt leaves out; this is printed last
+# (and `make test` prints it after the checks). mawk (Debian's awk) knows no `{n}` intervals.
 why() {
   sed 's/\x1b\[[0-9;]*m//g' "$1" | awk '
     /fatal: \[|failed: \[/ { left = 30 }
-    /(FAILED|ERROR) tests\/|[ '"'"'"]E {3}|AssertionError|[0-9]+ failed/ { print; next }
-    left > 0 { print; left-- }' | head -n 150
+    wrapped > 0 { wrapped--; keep(); next }
+    /(FAILED|ERROR)[ \t]*$/ { wrapped = 2; keep(); next }
+    /(FAILED|ERROR) [^ ]*(\.py|::)|[ '"'"'"]E   |[ '"'"'"]E$|\.py:[0-9]+: [A-Za-z_.]*(Error|Exception|Timeout)|[0-9]+ (failed|errors?)[, ]/ { keep(); next }
+    left > 0 { left--; keep() }
+    function keep() { kept[++n] = $0 }
+    END {
+      for (i = 1; i <= n; i++) {
+        if (i == 51 && n > 150) print "(" n - 150 " lines of the digest left out here)"
+        if (i <= 50 || i > n - 100) print kept[i]
+      }
+    }'
 }
 
 # Run lane $1: its scenarios in turn; stop at the first failure or failed dependency.

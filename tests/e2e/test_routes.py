@@ -186,10 +186,24 @@ def audit_records(stack: Stack, variant: str) -> list[dict]:
     """The audit log's records of one variant (one log volume per node: every API container
     of this host writes there), read through a v1 container."""
     v1 = docker.from_env().containers.get(f"{stack.name}-api-v1-1")
-    res = v1.exec_run(["sh", "-c", "cat /var/log/mlgate/predictions.jsonl*"])
+    # each file, then an ASCII record separator (never in a JSON line); a file rotated away
+    # while it is read (cat fails) is read again on the next call
+    each_file = r"""for f in /var/log/mlgate/predictions.jsonl*
+                    do cat "$f" 2>/dev/null; printf '\036'; done; true"""
+    res = v1.exec_run(["sh", "-c", each_file])
     assert res.exit_code == 0, res.output[-2000:]
-    records = [json.loads(line) for line in res.output.decode().splitlines() if line]
-    return [r for r in records if r.get("variant") == variant]
+    return [r for r in complete_records(res.output.decode()) if r.get("variant") == variant]
+
+
+def complete_records(files: str) -> list[dict]:
+    """The records of files joined by record separators. Each record is one `os.write` of a
+    line; a reader may see the end of a line still being appended (a write fills the file page
+    by page), so a file's unterminated last line is not a record yet: it is read next time."""
+    records = []
+    for text in files.split("\x1e"):
+        lines = text.split("\n")
+        records += [json.loads(line) for line in lines[:-1] if line]
+    return records
 
 
 def assert_split(stack: Stack, weights: dict[str, int]) -> None:

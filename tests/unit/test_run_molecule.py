@@ -45,6 +45,13 @@ def fake(tmp_path: Path):
               printf '\\e[31mfatal: [host]: FAILED! => {"rc": 1}\\e[0m\\n'
               echo "  - 'E       AssertionError: $name went wrong in $step'"
               echo "  - 'FAILED tests/x.py::test_$name - AssertionError'"
+              # as molecule prints pytest's output: an exception of another type, and a long
+              # test id wrapped after FAILED (mawk, Debian's awk, has no {n} intervals)
+              echo "  │         E       json.decoder.JSONDecodeError: $name unterminated"
+              echo "  │         tests/e2e/y.py:12: JSONDecodeError"
+              echo "  │         FAILED"
+              echo "  │   tests/e2e/y.py::test_${name}_with_a_name_too_long_for_one_line_of_the"
+              echo "  │   _box[killed]"
               for i in $(seq 200); do echo "more noise $i"; done
               exit 1
             fi
@@ -227,9 +234,33 @@ def test_why_a_scenario_failed_comes_last_without_the_noise(fake, tmp_path: Path
     assert "fatal: [host]: FAILED!" in digest and "\x1b" not in digest
     assert "E       AssertionError: c went wrong in" in digest
     assert "FAILED tests/x.py::test_c" in digest
+    wrapped = ("│         FAILED\n", "y.py::test_c_with_a_name_too_long", "_box[killed]")
+    for line in (
+        "E       json.decoder.JSONDecodeError: c unterminated",
+        "y.py:12: JSONDecodeError",
+    ):
+        assert line in digest, line
+    for line in wrapped:
+        assert line in digest, line
     assert "noise 150 of c" not in digest and len(digest.splitlines()) <= 150
     tail = proc.stdout[proc.stdout.rindex("==> molecule: why c failed") :]
     assert "FAILED tests/x.py::test_c" in tail and "molecule: durations" in tail
     assert not (tmp_path / "logs" / "a.why").exists()  # a passed
     # the first lane's output is still printed as it goes, and kept in its log too
     assert "output of a" in (tmp_path / "logs" / "a.log").read_text()
+
+
+def test_a_long_digest_keeps_its_first_50_and_last_100_lines(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    lines = [f"  │         E       line {i}\n" for i in range(1, 301)]
+    log.write_text("".join(lines) + "2 failed, 1 passed\n")
+    script = (ROOT / "scripts" / "run-molecule.sh").read_text()
+    func = script[script.index("why() {") : script.index("\n}\n", script.index("why() {")) + 3]
+    out = subprocess.run(
+        ["bash", "-c", f'{func}\nwhy "$1"', "why", str(log)],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert len(out) == 151, len(out)
+    assert out[49].endswith("E       line 50")
+    assert out[50] == "(151 lines of the digest left out here)"
+    assert out[51].endswith("E       line 202") and out[-1] == "2 failed, 1 passed"
