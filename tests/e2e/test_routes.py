@@ -18,8 +18,9 @@ answers themselves, not from the gateway's own labels.
 - the shadow gets a copy of exactly the requests the default route answered (joined by request
   id in the audit log), and no other; the client's answer is always the default route's; with
   the shadow paused (slow) or killed, no client request fails;
-- a change of weights only is a gateway reload: no container restarted or replaced, no request
-  failed, and the requests split by the new weights.
+- a change of weights with a variant removed is a gateway reload: no request failed, the removed
+  variant's container gone and no other restarted or replaced (the others pin their ``slot``, so
+  none moves into the freed addresses), and the requests split by the new weights.
 
 Run by the nginx scenario's verify (``MLGATE_E2E_REUSE=1``, its stack) after the other e2e
 files it runs; the default scenario's e2e suite leaves it out.
@@ -70,10 +71,12 @@ def variants(v1_replicas: int) -> list[dict]:
             "debug": True,
             "route": {"header": "X-Experiment-Group", "value": "debug"},
         },
+        # the canary takes the first free slot (2); the others pin theirs, so that removing
+        # the canary moves none of them (test_a_route_change_...)
         {"name": "canary", "model": "@candidate", "route": {"weight": WEIGHTS["canary"]}},
-        {"name": "half", "route": {"weight": WEIGHTS["half"]}},
-        {"name": "sticky", "route": {"weight": WEIGHTS["sticky"], "sticky": True}},
-        {"name": "shadow", "model": "@candidate", "route": {"shadow": 100}},
+        {"name": "half", "slot": 3, "route": {"weight": WEIGHTS["half"]}},
+        {"name": "sticky", "slot": 4, "route": {"weight": WEIGHTS["sticky"], "sticky": True}},
+        {"name": "shadow", "slot": 5, "model": "@candidate", "route": {"shadow": 100}},
     ]
 
 
@@ -380,12 +383,16 @@ def test_a_slow_or_dead_shadow_fails_no_client_request(routed, stack: Stack, tro
     assert statuses == {200: 30}, statuses
 
 
-def test_a_route_change_is_a_reload_that_restarts_nothing(routed, stack: Stack, pacer) -> None:
-    """Only weights change (canary 10 -> 30, half 50 -> 30): a re-run of the playbook under load
-    reloads the gateway and fails no request; no container (gateway or API) is restarted or
-    replaced; the requests then split by the new weights. Last in this file: the fixture's
-    teardown removes the variants from whatever routes they have."""
-    new = {**WEIGHTS, "canary": 30, "half": 30}
+def test_a_route_change_is_a_reload_that_moves_no_pinned_variant(
+    routed, stack: Stack, pacer
+) -> None:
+    """The weights change (half 50 -> 40, sticky 20 -> 30) and the canary, listed before the
+    others, goes: a re-run of the playbook under load reloads the gateway and fails no request;
+    the canary's container goes, and no other container (gateway or API) is restarted or
+    replaced: half, sticky and shadow pin their slots, so none takes the canary's addresses; the
+    requests then split by the new weights. Last in this file: the fixture's teardown removes
+    the other variants from whatever routes they have."""
+    new = {"half": 40, "sticky": 30}
     engine = docker.from_env()
 
     def containers() -> dict[str, tuple[str, str]]:
@@ -393,14 +400,17 @@ def test_a_route_change_is_a_reload_that_restarts_nothing(routed, stack: Stack, 
         return {c.name: (c.id, c.attrs["State"]["StartedAt"]) for c in found}
 
     before = containers()
-    assert {f"{stack.name}-api-canary-1", f"{stack.name}-api-half-1"} <= set(before), before
-    reweighted = [
+    canary = {n for n in before if n.startswith(f"{stack.name}-api-canary-")}
+    assert canary == {f"{stack.name}-api-canary-1"} and f"{stack.name}-api-half-1" in before, before
+    changed = [
         {**v, "route": {**v["route"], "weight": new[v["name"]]}} if v["name"] in new else v
         for v in routed["mlgate_variants"]
+        if v["name"] != "canary"
     ]
     pacer.refill()
-    deploy(stack, {**routed, "mlgate_variants": reweighted})
+    deploy(stack, {**routed, "mlgate_variants": changed})
     after = containers()
-    assert after == before, {n: (before.get(n), after.get(n)) for n in before.keys() | after.keys()
-                             if before.get(n) != after.get(n)}  # fmt: skip
+    kept = {n: v for n, v in before.items() if n not in canary}
+    assert after == kept, {n: (kept.get(n), after.get(n)) for n in kept.keys() | after.keys()
+                           if kept.get(n) != after.get(n)}  # fmt: skip
     assert_split(stack, new)
