@@ -303,9 +303,22 @@ def agreement_total(stack: Stack) -> float:
     )
 
 
+def shadow_give_ups(stack: Stack, since: float) -> list[str]:
+    """The gateway's error log lines since `since` (Unix time) where nginx gave up on a copy to
+    a shadow (timed out after `nginx_shadow_timeout_ms`, refused, or no live server left): such
+    a copy may never have reached the shadow. A copy nginx did not give up on always does."""
+    gateway = docker.from_env().containers.get(f"{stack.name}-nginx")
+    text = gateway.logs(stdout=False, stderr=True, since=since).decode(errors="replace")
+    return [line for line in text.splitlines() if 'subrequest: "/_mlgate/shadow/' in line]
+
+
 def test_the_shadow_gets_a_copy_of_exactly_the_default_routes_requests(
     routed, stack: Stack
 ) -> None:
+    """Exact on a slow machine too: every default route request's copy reaches the shadow,
+    except where nginx's error log says it gave up on that copy (its bound is 500 ms a step, and
+    a copy that timed out marks the shadow down for a while), and nothing else reaches it."""
+    started = time.time()
     before = {r["request_id"] for r in audit_records(stack, "shadow")}
     compared_before = agreement_total(stack)
     requests = [
@@ -327,14 +340,15 @@ def test_the_shadow_gets_a_copy_of_exactly_the_default_routes_requests(
     # no client answer ever comes from the shadow
     assert "shadow" not in by_variant, by_variant.keys()
     sent = {h["X-Request-ID"] for h in requests}
-    copied = _wait_for_copies(stack, by_variant["v1"]) - before
+    copied = (_wait_for_copies(stack, by_variant["v1"]) - before) & sent
+    gave_up = shadow_give_ups(stack, started)
+    missing = by_variant["v1"] - copied
     print(
         f"{len(sent)} requests, {len(by_variant['v1'])} on the default route, "
-        f"{len(copied & sent)} copies to the shadow"
+        f"{len(copied)} copies to the shadow, {len(gave_up)} given up by nginx"
     )
-    assert copied & sent == by_variant["v1"], (
-        f"missing {len(by_variant['v1'] - copied)}, extra {len((copied & sent) - by_variant['v1'])}"
-    )
+    assert copied <= by_variant["v1"], f"extra {len(copied - by_variant['v1'])}"
+    assert len(missing) <= len(gave_up), (f"missing {len(missing)}", gave_up[:3])
     # each copy was compared with the default route's model on the same input: the reference
     # label the shadow recorded is the label the client got from v1, request by request, and
     # the agreement counters grew by exactly the number of copies
@@ -342,12 +356,12 @@ def test_the_shadow_gets_a_copy_of_exactly_the_default_routes_requests(
     records = {r["request_id"]: r for r in audit_records(stack, "shadow")}
     stable = str(registry(stack).resolve("@stable").number)
     new = str(registry(stack).resolve("@candidate").number)
-    for rid in by_variant["v1"]:
+    for rid in copied:
         assert records[rid]["reference_label"] == label_of[rid], records[rid]
         assert (records[rid]["model_version"], records[rid]["reference_version"]) == (new, stable)
-    disagree = sum(records[rid]["label"] != label_of[rid] for rid in by_variant["v1"])
-    print(f"shadow {new} vs {stable}: {disagree} of {len(by_variant['v1'])} copies disagree")
-    assert agreement_total(stack) - compared_before == len(by_variant["v1"])
+    disagree = sum(records[rid]["label"] != label_of[rid] for rid in copied)
+    print(f"shadow {new} vs {stable}: {disagree} of {len(copied)} copies disagree")
+    assert agreement_total(stack) - compared_before == len(copied)
 
 
 @pytest.mark.parametrize("trouble", ["paused", "killed"])

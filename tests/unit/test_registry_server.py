@@ -127,11 +127,21 @@ def test_a_tracking_server_registers_aliases_and_serves_verified_artifacts(
 
 
 def test_the_server_is_asked_on_every_deployment_as_its_aliases_move_unseen(
-    server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: str, model_dir: Path, tiny_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Run after the first test (same server): @candidate moved by someone else is what the
-    next deployment checks out, with no stamp of the earlier answer in the way."""
+    """@candidate moved by someone else is what the next deployment checks out, with no stamp
+    of the earlier answer in the way. The test registers its two versions itself (an artifact
+    already registered, by the test before it on the same server, keeps its version), so it
+    holds alone and in any order."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    reg = Registry()
+    first, _ = reg.register(model_dir)
+    other = tmp_path / "other"
+    assert train_main(
+        ["--data", str(tiny_csv), "--out", str(other), "--revision", "moved", "--no-register"]
+    ) == 0  # fmt: skip
+    second, _ = reg.register(other, alias=CANDIDATE)
+    assert first.number != second.number
     cache = tmp_path / "models"
     run = [sys.executable, "-m", "model.deploy", "--cache", str(cache), "--no-train", "@candidate"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": server}
@@ -142,8 +152,8 @@ def test_the_server_is_asked_on_every_deployment_as_its_aliases_move_unseen(
         )
         return json.loads(done.stdout.splitlines()[-1])["@candidate"]["number"]
 
-    assert deployed() == 2
-    Registry().set_alias(CANDIDATE, "1")  # another user moves the alias on the server
-    assert deployed() == 1
-    Registry().set_alias(CANDIDATE, "2")
-    assert deployed() == 2
+    assert deployed() == second.number
+    reg.set_alias(CANDIDATE, str(first.number))  # another user moves the alias on the server
+    assert deployed() == first.number
+    reg.set_alias(CANDIDATE, str(second.number))
+    assert deployed() == second.number
