@@ -16,8 +16,9 @@ answers themselves, not from the gateway's own labels.
 - the canary serves version N+1's artifact (``X-Model-Version``, the sha256 of the file in the
   container equals the registry's), the default route version N;
 - the shadow gets a copy of exactly the requests the default route answered (joined by request
-  id in the audit log), and no other; the client's answer is always the default route's; with
-  the shadow paused (slow) or killed, no client request fails;
+  id in the audit log), and no other, but for a copy nginx's error log says it gave up on; the
+  client's answer is always the default route's; with the shadow paused (slow) or killed, no
+  client request fails;
 - a change of weights with a variant removed is a gateway reload: no request failed, the removed
   variant's container gone and no other restarted or replaced (the others pin their ``slot``, so
   none moves into the freed addresses), and the requests split by the new weights.
