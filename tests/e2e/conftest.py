@@ -25,6 +25,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.bounded import run_bounded
 from tests.loadgen import PacedLoad
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,9 +48,7 @@ def run_playbook(playbook: str, *args: str, timeout: int = 1500) -> subprocess.C
         *args,
     ]
     env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
-    done = subprocess.run(
-        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    done = run_bounded(cmd, timeout, cwd=ROOT, env=env)
     # A run whose inventory names none of the stack's hosts succeeds doing nothing: not here.
     ran = re.search(r"^\S+\s+:\s+ok=\d+", done.stdout.split("PLAY RECAP")[-1], re.MULTILINE)
     assert ran or done.returncode != 0, (

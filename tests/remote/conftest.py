@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.bounded import run_bounded
 from tests.loadgen import PacedLoad
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,9 +53,7 @@ def run_site(cfg: dict, *extra: str, timeout: int = 900) -> subprocess.Completed
     for path in cfg["extra_vars"]:
         cmd += ["-e", f"@{path}"]
     cmd += [*extra, "playbooks/site.yml"]
-    return subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return run_bounded(cmd, timeout, cwd=ROOT)
 
 
 @dataclass

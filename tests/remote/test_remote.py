@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.bounded import run_bounded
 from tests.remote.conftest import Remote, on_host, run_site
 
 
@@ -50,7 +51,7 @@ def _ping(remote: Remote, host: str, known_hosts: str) -> subprocess.CompletedPr
     # A fresh SSH connection each time: an OpenSSH master connection (ControlPersist) left by an
     # earlier run to the same host would be reused without any host key check.
     env = dict(os.environ, ANSIBLE_SSH_ARGS="-o ControlMaster=no -o ControlPath=none")
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, env=env)
+    return run_bounded(cmd, 120, env=env)
 
 
 def test_ssh_checks_host_keys_and_refuses_a_host_with_another_key(

@@ -1,0 +1,56 @@
+"""tests/bounded.py: a command that hangs fails with the stacks of where it hung."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.bounded import CommandHung, run_bounded
+
+# A parent waiting on a child (as ansible-playbook waits on a worker) and the child stuck in
+# a function of its own, in a second thread: both must show up, each with its own stack.
+HANGS = r"""
+import os, sys, threading, time
+def worker_stuck_here():
+    time.sleep(600)
+if os.fork() == 0:
+    threading.Thread(target=worker_stuck_here).start()
+    print("child", os.getpid(), flush=True)
+    time.sleep(600)
+else:
+    print("parent started", flush=True)
+    os.wait()
+"""
+
+
+def test_a_command_in_time_is_a_completed_process() -> None:
+    done = run_bounded([sys.executable, "-c", "import sys; print('out'); sys.exit(3)"], 30)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "")
+
+
+def test_a_hung_command_fails_with_every_process_stack_and_leaves_nothing_running() -> None:
+    started = time.monotonic()
+    with pytest.raises(CommandHung) as hung:
+        run_bounded([sys.executable, "-c", HANGS], 3)
+    assert time.monotonic() - started < 3 + 10
+    message = str(hung.value)
+    assert "ran past its bound of 3 s" in message and "parent started" in message
+    assert "in worker_stuck_here" in message  # the child's second thread
+    assert message.count("Fatal Python error: Aborted") == 2  # parent and child
+    child = int(message.split("child ", 1)[1].split()[0])
+    deadline = time.monotonic() + 5
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(child), f"the hung child {child} outlived the bound"
+
+
+def _running(pid: int) -> bool:
+    """Neither gone nor a zombie (dead, waiting for init to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
