@@ -35,7 +35,14 @@ import pytest
 import yaml
 from cryptography import x509
 
-from .conftest import Stack, recap, run_playbook, stack_settings
+from .conftest import (
+    Stack,
+    assert_both_cohorts_served,
+    recap,
+    run_playbook,
+    stack_settings,
+    steady_load,
+)
 
 DATASOURCE_UID = "mlgate-prometheus"
 DASHBOARD_UIDS = {
@@ -651,35 +658,65 @@ def test_stopping_a_v1_replica_fires_replica_down_and_notifies_the_webhook(
         wait_for(lambda: [float(s["value"][1]) for s in query(prom, up)] == [1.0], 30, what=up)
 
 
-def test_rule_change_is_applied_by_a_reload_not_a_restart(
-    stack: Stack, prom: httpx.Client, all_targets_up
+def test_gateway_and_rule_changes_are_reloads_under_load_losing_no_requests(
+    stack: Stack, prom: httpx.Client, all_targets_up, pacer
 ) -> None:
-    prometheus = docker.from_env().containers.get(f"{stack.name}-prometheus")
-    started = prometheus.attrs["State"]["StartedAt"]
+    """A rate-limit change of the gateway and a threshold change of an alert rule, then their
+    undo, in one run of the nginx and monitoring roles each, while a paced client keeps
+    sending: each change is applied by a reload (neither nginx nor Prometheus restarts), the
+    new limit and rule are live in between, and no request fails.
+
+    A reload makes nginx's old workers close their idle keep-alive connections; a request
+    written on one at that instant finds it closed before any answer (HTTP/1.1 has no way to
+    warn the client). The client retries it once, as browsers do: at most one such retry per
+    reload, since the client holds one connection, and every request ends in a 200."""
+    engine = docker.from_env()
+    nginx = engine.containers.get(f"{stack.name}-nginx")
+    prometheus = engine.containers.get(f"{stack.name}-prometheus")
+    started = {c.name: c.attrs["State"]["StartedAt"] for c in (nginx, prometheus)}
+    conf = Path(f"/opt/mlgate/{stack.name}/nginx/conf/nginx.conf")
     last_reload = "prometheus_config_last_reload_success_timestamp_seconds"
-    before = float(query(prom, last_reload)[0]["value"][1])
+
+    def reloaded_at() -> float:
+        return float(query(prom, last_reload)[0]["value"][1])
 
     def p99_rule() -> str:
         groups = prom.get("/api/v1/rules").json()["data"]["groups"]
         rule = [r for g in groups for r in g["rules"] if r["name"] == "MlgateHighP99Latency"]
         return rule[0]["query"]
 
+    roles = ("--tags", "nginx,monitoring")
+    change = ("-e", "nginx_rate_limit_burst=30", "-e", "monitoring_alert_p99_latency_seconds=0.75")
+    before = reloaded_at()
+    pacer.refill()
+    load = steady_load(stack)
+    load.start()
     try:
-        run = run_playbook(
-            "site.yml", "--tags", "monitoring", "-e", "monitoring_alert_p99_latency_seconds=0.75"
-        )
-        assert run.returncode == 0, run.stdout[-4000:]
-        assert "RUNNING HANDLER [monitoring : Reload Prometheus]" in run.stdout
-        assert p99_rule().endswith("> 0.75")
-        wait_for(
-            lambda: float(query(prom, last_reload)[0]["value"][1]) > before, 15, what=last_reload
-        )
-        prometheus.reload()
-        assert prometheus.attrs["State"]["StartedAt"] == started, "Prometheus was restarted"
+        time.sleep(1)
+        changed = run_playbook("site.yml", *roles, *change)
+        live_during = conf.read_text()
+        rule_during = p99_rule()
+        time.sleep(1)
+        restored = run_playbook("site.yml", *roles)
+        time.sleep(1)
     finally:
-        restore = run_playbook("site.yml", "--tags", "monitoring")
-        assert restore.returncode == 0, restore.stdout[-4000:]
-    assert not p99_rule().endswith("> 0.75")
+        load.stop()
+        pacer.refill()
+    print(f"two gateway reloads: {load.report()}")
+    for run in (changed, restored):
+        assert run.returncode == 0, run.stdout[-4000:]
+        assert "RUNNING HANDLER [nginx : Reload nginx]" in run.stdout
+        assert "RUNNING HANDLER [monitoring : Reload Prometheus]" in run.stdout
+    assert "burst=30" in live_during and rule_during.endswith("> 0.75")
+    assert "burst=20" in conf.read_text() and not p99_rule().endswith("> 0.75")
+    wait_for(lambda: reloaded_at() > before, 15, what=last_reload)
+    for container in (nginx, prometheus):
+        container.reload()
+        assert container.attrs["State"]["StartedAt"] == started[container.name], (
+            f"{container.name} was restarted, not reloaded"
+        )
+    load.assert_no_failure(max_retried=2)
+    assert_both_cohorts_served(load)
 
 
 # --- exposure ---------------------------------------------------------------------------
