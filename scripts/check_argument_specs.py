@@ -13,6 +13,13 @@ from pathlib import Path
 import yaml
 
 
+def entry_point(specs: dict) -> dict:
+    """The entry point that documents defaults/main.yml: `main`, or `settings` for a role whose
+    settings are checked once per run instead of at each inclusion (`mlgate`)."""
+    entries = specs["argument_specs"]
+    return entries["main"] if "main" in entries else entries["settings"]
+
+
 def check_role(role: Path) -> list[str]:
     defaults_file = role / "defaults" / "main.yml"
     specs_file = role / "meta" / "argument_specs.yml"
@@ -20,7 +27,7 @@ def check_role(role: Path) -> list[str]:
         return [f"{role.name}: meta/argument_specs.yml is missing"]
     defaults = yaml.safe_load(defaults_file.read_text()) if defaults_file.exists() else {}
     defaults = defaults or {}
-    options = yaml.safe_load(specs_file.read_text())["argument_specs"]["main"].get("options") or {}
+    options = entry_point(yaml.safe_load(specs_file.read_text())).get("options") or {}
     problems = []
     for key in sorted(set(defaults) - set(options)):
         problems.append(f"{role.name}: {key} is in defaults/main.yml but not in argument_specs")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from check_argument_specs import entry_point
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "variables.md"
@@ -44,7 +45,7 @@ def render() -> str:
     specs.sort(key=lambda p: p.parts[-3] != "mlgate")  # the shared settings first
     for specs_file in specs:
         role = specs_file.parts[-3]
-        spec = yaml.safe_load(specs_file.read_text())["argument_specs"]["main"]
+        spec = entry_point(yaml.safe_load(specs_file.read_text()))
         lines += [f"## Role `{role}`", "", spec.get("short_description", ""), ""]
         lines += ["| variable | type | default | meaning |", "|---|---|---|---|"]
         for name, opt in (spec.get("options") or {}).items():

@@ -2,7 +2,8 @@
 the repository (as Ansible users keep theirs) needs only the hosts and the groups.
 
 These runs need no Docker: `--tags mlgate-none` selects only the tasks tagged `always` (the
-site's host sorting and every role's argument validation, which templates every default)."""
+site's host sorting, its check of the shared settings and every role's argument validation,
+which template every default)."""
 
 from __future__ import annotations
 
@@ -71,8 +72,11 @@ def test_the_site_needs_only_hosts_and_groups_from_an_outside_inventory(tmp_path
     inv.write_text(json.dumps({"mlgate": {"hosts": {"localhost": LOCAL}}}))
     run = _run("-i", str(inv), "playbooks/site.yml", "--tags", "mlgate-none")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    # every role's arguments were validated, i.e. every default was templated
-    for role in ("mlgate", "docker_host", "certs", "htpasswd", "api", "nginx", "monitoring"):
+    # the shared settings were checked once, by the site's first play, not again by each role
+    # that depends on them; every role's own arguments were validated: every default templated
+    assert run.stdout.count("TASK [Check the shared settings against") == 1
+    assert "TASK [mlgate : Validating arguments" not in run.stdout
+    for role in ("docker_host", "certs", "htpasswd", "api", "nginx", "monitoring"):
         assert f"TASK [{role} : Validating arguments" in run.stdout, role
     teardown = _run("-i", str(inv), "playbooks/teardown.yml", "--tags", "mlgate-none")
     assert teardown.returncode == 0, teardown.stdout[-3000:]
@@ -144,6 +148,17 @@ def test_replica_counts_that_would_collide_are_refused_in_preflight(tmp_path: Pa
     assert refused.returncode != 0
     assert "between 1 and 19" in refused.stdout and "a 20th replica would take it" in refused.stdout
     assert _run(*site, "-e", "mlgate_api_v1_replicas=19").returncode == 0
+
+
+def test_a_shared_setting_of_the_wrong_type_is_refused_naming_it(tmp_path: Path) -> None:
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(json.dumps({"mlgate": {"hosts": {"localhost": LOCAL}}}))
+    site = ("-i", str(inv), "playbooks/site.yml", "--tags", "mlgate-none")
+    refused = _run(*site, "-e", "mlgate_http_port=notaport")
+    assert refused.returncode != 0
+    assert "TASK [Check the shared settings against" in refused.stdout
+    assert "mlgate_http_port" in refused.stdout, refused.stdout[-3000:]
+    assert "cannot be converted to an int" in refused.stdout, refused.stdout[-3000:]
 
 
 def test_impossible_variants_are_refused_before_any_host_changes(tmp_path: Path) -> None:
