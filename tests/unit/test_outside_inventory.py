@@ -41,6 +41,14 @@ def _run(*args: str, callback: str = "default") -> subprocess.CompletedProcess:
 LOCAL = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
 
 
+def _checks_only_site(tmp_path: Path) -> tuple[str, ...]:
+    """ansible-playbook arguments: the site on an inventory of localhost alone, outside the
+    repo, with only the tasks tagged always (the checks)."""
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(json.dumps({"mlgate": {"hosts": {"localhost": LOCAL}}}))
+    return ("-i", str(inv), "playbooks/site.yml", "--tags", "mlgate-none")
+
+
 @pytest.fixture
 def fleet(tmp_path: Path) -> Path:
     """An inventory outside the repo: a gateway and two API nodes (all local, so that facts
@@ -69,8 +77,7 @@ def fleet(tmp_path: Path) -> Path:
 
 def test_the_site_needs_only_hosts_and_groups_from_an_outside_inventory(tmp_path: Path) -> None:
     inv = tmp_path / "hosts.yml"
-    inv.write_text(json.dumps({"mlgate": {"hosts": {"localhost": LOCAL}}}))
-    run = _run("-i", str(inv), "playbooks/site.yml", "--tags", "mlgate-none")
+    run = _run(*_checks_only_site(tmp_path))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     # the shared settings were checked once, by the site's first play, not again by each role
     # that depends on them; every role's own arguments were validated: every default templated
@@ -141,9 +148,7 @@ def test_roles_derive_the_topology_from_the_users_inventory(fleet: Path, tmp_pat
 
 
 def test_replica_counts_that_would_collide_are_refused_in_preflight(tmp_path: Path) -> None:
-    inv = tmp_path / "hosts.yml"
-    inv.write_text(json.dumps({"mlgate": {"hosts": {"localhost": LOCAL}}}))
-    site = ("-i", str(inv), "playbooks/site.yml", "--tags", "mlgate-none")
+    site = _checks_only_site(tmp_path)
     refused = _run(*site, "-e", "mlgate_api_v1_replicas=20")
     assert refused.returncode != 0
     assert "between 1 and 19" in refused.stdout and "a 20th replica would take it" in refused.stdout
@@ -151,9 +156,7 @@ def test_replica_counts_that_would_collide_are_refused_in_preflight(tmp_path: Pa
 
 
 def test_a_shared_setting_of_the_wrong_type_is_refused_naming_it(tmp_path: Path) -> None:
-    inv = tmp_path / "hosts.yml"
-    inv.write_text(json.dumps({"mlgate": {"hosts": {"localhost": LOCAL}}}))
-    site = ("-i", str(inv), "playbooks/site.yml", "--tags", "mlgate-none")
+    site = _checks_only_site(tmp_path)
     refused = _run(*site, "-e", "mlgate_http_port=notaport")
     assert refused.returncode != 0
     assert "TASK [Check the shared settings against" in refused.stdout
@@ -164,9 +167,7 @@ def test_a_shared_setting_of_the_wrong_type_is_refused_naming_it(tmp_path: Path)
 def test_impossible_variants_are_refused_before_any_host_changes(tmp_path: Path) -> None:
     """mlgate_variants is checked in the site's first tasks (tag always): a list the gateway
     cannot route fails with the filter's sentence; a list it can route passes."""
-    inv = tmp_path / "hosts.yml"
-    inv.write_text(json.dumps({"mlgate": {"hosts": {"localhost": LOCAL}}}))
-    site = ("-i", str(inv), "playbooks/site.yml", "--tags", "mlgate-none")
+    site = _checks_only_site(tmp_path)
     two_defaults = [
         {"name": "a", "route": "default"},
         {"name": "b", "route": "default"},
