@@ -41,10 +41,34 @@ def test_a_hung_command_fails_with_every_process_stack_and_leaves_nothing_runnin
     assert "in worker_stuck_here" in message  # the child's second thread
     assert message.count("Fatal Python error: Aborted") == 2  # parent and child
     child = int(message.split("child ", 1)[1].split()[0])
+    # the snapshot taken at the bound, before the signals: both processes, sleeping, named
+    snapshot = message.split("its processes at the bound:\n", 1)[1].split("SIGABRT then", 1)[0]
+    assert "is still running" in snapshot
+    assert f"pid {child} " in snapshot and "state S" in snapshot, snapshot
     deadline = time.monotonic() + 5
     while _running(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _running(child), f"the hung child {child} outlived the bound"
+
+
+# The command exits at once, but a grandchild in a session of its own keeps its stdout open.
+LEAVES_A_HOLDER = r"""
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    print("holder", os.getpid(), flush=True)
+    time.sleep(8)
+"""
+
+
+def test_a_process_outside_the_session_holding_the_output_is_named() -> None:
+    with pytest.raises(CommandHung) as hung:
+        run_bounded([sys.executable, "-c", LEAVES_A_HOLDER], 2)
+    message = str(hung.value)
+    holder = int(message.split("holder ", 1)[1].split()[0])
+    snapshot = message.split("its processes at the bound:\n", 1)[1].split("SIGABRT then", 1)[0]
+    assert "had exited with code 0" in snapshot, snapshot
+    assert f"pid {holder} " in snapshot and "holds our pipe as fd" in snapshot, snapshot
 
 
 def _running(pid: int) -> bool:
