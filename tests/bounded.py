@@ -3,7 +3,7 @@
 `subprocess.run(..., timeout=N)` kills a command that hangs and raises `TimeoutExpired`, which
 names the command and nothing else: where it hung is lost. `run_bounded` runs the command in
 its own session with `PYTHONFAULTHANDLER=1`; past the bound it sends SIGABRT to each process of
-that session in turn (by pid, so that their stacks do not interleave), so every Python
+that session (and to any process holding its output pipe) in turn (by pid, so that their stacks do not interleave), so every Python
 process in it (ansible-playbook, its workers, Mitogen's multiplexer) writes
 the stack of each of its threads to stderr before it dies, then SIGKILL to whatever is left.
 It then fails with `CommandHung`, whose message holds the command, the bound, a snapshot of
@@ -63,6 +63,8 @@ def run_bounded(
                 out, err = proc.communicate(timeout=ABORT_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
                 _signal_session(proc.pid, signal.SIGKILL)
+                for pid in members:  # a holder of the pipe outside the session too
+                    _signal(pid, signal.SIGKILL)
                 out, err = proc.communicate()
             _signal_session(proc.pid, signal.SIGKILL)  # children that outlived the leader
             raise CommandHung(
@@ -76,7 +78,7 @@ def run_bounded(
 
 def _snapshot(proc: subprocess.Popen) -> tuple[str, list[int]]:
     """The processes of the command's session and those holding its output pipes, one line each;
-    and the pids of the session's processes."""
+    and their pids (a holder of the pipe got it from the command: it is the command's too)."""
     pipes = {f"pipe:[{os.fstat(f.fileno()).st_ino}]" for f in (proc.stdout, proc.stderr) if f}
     code = proc.poll()
     members = []
@@ -105,8 +107,7 @@ def _snapshot(proc: subprocess.Popen) -> tuple[str, list[int]]:
             argv = " ".join((entry / "cmdline").read_bytes().decode(errors="replace").split())
         except OSError:  # gone meanwhile, or not ours to read
             continue
-        if int(session) == proc.pid:
-            members.append(int(entry.name))
+        members.append(int(entry.name))
         where = f" holds our pipe as fd {','.join(holds)}" if holds else ""
         lines.append(
             f"  pid {entry.name} ppid {ppid} pgrp {pgrp} sid {session} state {state} "

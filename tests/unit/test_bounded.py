@@ -69,6 +69,8 @@ def test_a_process_outside_the_session_holding_the_output_is_named() -> None:
     snapshot = message.split("its processes at the bound:\n", 1)[1].split("SIGABRT then", 1)[0]
     assert "had exited with code 0" in snapshot, snapshot
     assert f"pid {holder} " in snapshot and "holds our pipe as fd" in snapshot, snapshot
+    assert "in <module>" in message.split("--- stderr (end) ---", 1)[1]  # the holder's stack
+    assert not _running(holder)
 
 
 def _running(pid: int) -> bool:
