@@ -73,6 +73,37 @@ def test_a_process_outside_the_session_holding_the_output_is_named() -> None:
     assert not _running(holder)
 
 
+# As an Ansible 2.19 worker does: a child leaves the session and puts /dev/null on its stdio,
+# while its parent (the command) waits for it.
+LEAVES_THE_SESSION = r"""
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    print("worker", os.getpid(), flush=True)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    time.sleep(600)
+else:
+    os.wait()
+"""
+
+
+def test_a_child_that_left_the_session_is_named_and_ended() -> None:
+    with pytest.raises(CommandHung) as hung:
+        run_bounded([sys.executable, "-c", LEAVES_THE_SESSION], 3)
+    message = str(hung.value)
+    worker = int(message.split("worker ", 1)[1].split()[0])
+    snapshot = message.split("its processes at the bound:\n", 1)[1].split("SIGABRT then", 1)[0]
+    assert "is still running" in snapshot, snapshot
+    line = next(row for row in snapshot.splitlines() if row.startswith(f"  pid {worker} "))
+    assert f"sid {worker} " in line and "(left the session" in line, line
+    deadline = time.monotonic() + 5
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(worker), f"the worker {worker} that left the session outlived the bound"
+
+
 def _running(pid: int) -> bool:
     """Neither gone nor a zombie (dead, waiting for init to reap it)."""
     try:
