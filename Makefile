@@ -9,7 +9,7 @@ PYTEST := $(VENV)/bin/pytest
 RUFF   := $(VENV)/bin/ruff
 STAMP  := $(VENV)/.requirements.stamp
 REQS   := $(filter-out requirements/mlflow-ui.txt,$(wildcard requirements/*.txt))
-PY_SRC := api model bench tests/unit tests/e2e tests/remote tests/loadgen.py plugins roles/mlgate/filter_plugins roles/image/library
+PY_SRC := api model bench tests/unit tests/e2e tests/remote tests/loadgen.py tests/bounded.py plugins roles/mlgate/filter_plugins roles/image/library
 ANSIBLE_PLAYBOOK := $(VENV)/bin/ansible-playbook
 # Extra ansible-playbook arguments, e.g. make start-project ARGS="-e mlgate_https_port=8443"
 ARGS ?=
