@@ -36,19 +36,14 @@ def test_a_hung_command_fails_with_every_process_stack_and_leaves_nothing_runnin
     with pytest.raises(CommandHung) as hung:
         run_bounded([sys.executable, "-c", HANGS], 3)
     assert time.monotonic() - started < 3 + 10
-    message = str(hung.value)
+    message, child, snapshot = _parts(str(hung.value), "child")
     assert "ran past its bound of 3 s" in message and "parent started" in message
     assert "in worker_stuck_here" in message  # the child's second thread
     assert message.count("Fatal Python error: Aborted") == 2  # parent and child
-    child = int(message.split("child ", 1)[1].split()[0])
     # the snapshot taken at the bound, before the signals: both processes, sleeping, named
-    snapshot = message.split("its processes at the bound:\n", 1)[1].split("SIGABRT then", 1)[0]
     assert "is still running" in snapshot
     assert f"pid {child} " in snapshot and "state S" in snapshot, snapshot
-    deadline = time.monotonic() + 5
-    while _running(child) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _running(child), f"the hung child {child} outlived the bound"
+    assert _ended_within(child, 5), f"the hung child {child} outlived the bound"
 
 
 # The command exits at once, but a grandchild in a session of its own keeps its stdout open.
@@ -62,11 +57,7 @@ if os.fork() == 0:
 
 
 def test_a_process_outside_the_session_holding_the_output_is_named() -> None:
-    with pytest.raises(CommandHung) as hung:
-        run_bounded([sys.executable, "-c", LEAVES_A_HOLDER], 2)
-    message = str(hung.value)
-    holder = int(message.split("holder ", 1)[1].split()[0])
-    snapshot = message.split("its processes at the bound:\n", 1)[1].split("SIGABRT then", 1)[0]
+    message, holder, snapshot = _hang(LEAVES_A_HOLDER, 2, "holder")
     assert "had exited with code 0" in snapshot, snapshot
     assert f"pid {holder} " in snapshot and "holds our pipe as fd" in snapshot, snapshot
     assert "in <module>" in message.split("--- stderr (end) ---", 1)[1]  # the holder's stack
@@ -76,7 +67,7 @@ def test_a_process_outside_the_session_holding_the_output_is_named() -> None:
 # As an Ansible 2.19 worker does: a child leaves the session and puts /dev/null on its stdio,
 # while its parent (the command) waits for it.
 LEAVES_THE_SESSION = r"""
-import os, sys, time
+import os, time
 if os.fork() == 0:
     os.setsid()
     print("worker", os.getpid(), flush=True)
@@ -90,18 +81,32 @@ else:
 
 
 def test_a_child_that_left_the_session_is_named_and_ended() -> None:
-    with pytest.raises(CommandHung) as hung:
-        run_bounded([sys.executable, "-c", LEAVES_THE_SESSION], 3)
-    message = str(hung.value)
-    worker = int(message.split("worker ", 1)[1].split()[0])
-    snapshot = message.split("its processes at the bound:\n", 1)[1].split("SIGABRT then", 1)[0]
+    _, worker, snapshot = _hang(LEAVES_THE_SESSION, 3, "worker")
     assert "is still running" in snapshot, snapshot
     line = next(row for row in snapshot.splitlines() if row.startswith(f"  pid {worker} "))
     assert f"sid {worker} " in line and "(left the session" in line, line
-    deadline = time.monotonic() + 5
-    while _running(worker) and time.monotonic() < deadline:
+    assert _ended_within(worker, 5), f"the worker {worker} that left the session outlived the bound"
+
+
+def _hang(script: str, bound: float, tag: str) -> tuple[str, int, str]:
+    """Run `script` past its bound: see `_parts`."""
+    with pytest.raises(CommandHung) as hung:
+        run_bounded([sys.executable, "-c", script], bound)
+    return _parts(str(hung.value), tag)
+
+
+def _parts(message: str, tag: str) -> tuple[str, int, str]:
+    """A `CommandHung` message, the pid the script printed after `tag`, and the snapshot."""
+    pid = int(message.split(f"{tag} ", 1)[1].split()[0])
+    snapshot = message.split("its processes at the bound:\n", 1)[1].split("SIGABRT then", 1)[0]
+    return message, pid, snapshot
+
+
+def _ended_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while _running(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _running(worker), f"the worker {worker} that left the session outlived the bound"
+    return not _running(pid)
 
 
 def _running(pid: int) -> bool:
