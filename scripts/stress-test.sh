@@ -12,7 +12,9 @@
 #   3. runs `make test` there with pip's cache off (PIP_NO_CACHE_DIR=1: the venvs and the
 #      wheelhouse are downloaded again) while `stress-ng --cpu 1` keeps one of the cores busy
 #      for the whole run;
-#   4. prints the run's duration, each Molecule scenario's duration and every failure line.
+#   4. prints the run's duration, each Molecule scenario's duration, each scenario's phases
+#      (scripts/molecule_phases.py: create, prepare, converge, idempotence, verify...) and
+#      every failure line.
 # The clone is removed after a green run and kept after a red one (its path is printed).
 #
 # It changes this machine's Docker caches: run it on a test machine, not beside a deployment
@@ -75,6 +77,8 @@ for ((run = 1; run <= runs; run++)); do
   echo "stress-test: run $run: make test exit $rc after $took s (log: $clone.log)"
   echo "stress-test: durations:"
   sed -n '/^molecule: durations/,/total/p' "$clone.log" | sed 's/^/  /'
+  echo "stress-test: phases (s; + marks one cut off):"
+  python3 "$top/scripts/molecule_phases.py" "$clone.log" | sed 's/^/  /'
   failures=$(grep -E '^(FAILED|ERROR) |molecule: .* FAILED|^E +assert|^make: \*\*\*' "$clone.log" | head -30)
   [[ -n "$failures" ]] && printf 'stress-test: failures:\n%s\n' "$failures"
   summary+="  run $run: exit $rc, $took s"$'\n'
