@@ -116,9 +116,12 @@ def _snapshot(proc: subprocess.Popen) -> tuple[str, list[int]]:
         except OSError:  # gone meanwhile, or not ours to read
             continue
         members.append(pid)
-        where = f" holds our pipe as fd {','.join(holds)}" if holds else ""
-        if session != proc.pid and pid in descendants and not holds:
+        if holds:
+            where = f" holds our pipe as fd {','.join(holds)}"
+        elif session != proc.pid:  # a descendant (the filter above)
             where = " (left the session: its stacks go where its stderr goes)"
+        else:
+            where = ""
         lines.append(
             f"  pid {pid} ppid {ppid} pgrp {pgrp} sid {session} state {state} "
             f"wchan {wchan}{where}: {argv[:300].strip()}"

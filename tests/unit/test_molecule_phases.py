@@ -1,14 +1,15 @@
 """scripts/molecule_phases.py: each scenario's phases timed from profile_tasks' wall clock."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "molecule_phases.py"
-sys.path.insert(0, str(SCRIPT.parent))
-
-from molecule_phases import phases  # noqa: E402
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "molecule_phases.py"
+_spec = importlib.util.spec_from_file_location("molecule_phases", SCRIPT)
+molecule_phases = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(molecule_phases)
+phases = molecule_phases.phases
 
 
 def stamp(clock: str) -> str:
